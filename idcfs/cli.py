@@ -1,0 +1,277 @@
+"""The `idcfs` command: option parsing, up-front checks with one-line errors, mount and umount.
+
+Every check a person could fail (a missing mountpoint, a bad index, a malformed URL) happens here,
+before anything is started, and ends in one plain line and a non-zero exit. `idcfs mount` without
+--foreground starts the daemon as a child and returns only once the mount answers, or with the
+daemon's own error if it could not mount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import __version__
+from .config import MountConfig, default_cache_dir
+from .index import BadIndex, check_index_dir, default_index_dir
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# FUSE and mount(8) options handed to the kernel as they are.
+FUSE_OPTIONS = {
+    "allow_other", "allow_root", "auto_unmount", "default_permissions", "ro", "nosuid", "suid",
+    "nodev", "dev", "noexec", "exec", "noatime", "atime", "relatime", "strictatime", "nodiratime",
+    "sync", "async", "dirsync",
+}
+FUSE_VALUED_OPTIONS = {"fsname", "subtype", "max_read"}
+# mount(8) and fstab options that mean something to mount or systemd, not to the filesystem.
+IGNORED_OPTIONS = {"defaults", "noauto", "auto", "_netdev", "nofail", "user", "users", "nouser"}
+
+
+class UsageError(Exception):
+    """Bad input from the person at the keyboard; the message is all they need to see."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="idcfs",
+        description="Mount the NCI Imaging Data Commons as a read-only filesystem of DICOM files.",
+    )
+    parser.add_argument("--version", action="version", version=f"idcfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = sub.add_parser(
+        "mount",
+        help="mount IDC at MOUNTPOINT",
+        description="Mount IDC as collection/patient/study/series/*.dcm at MOUNTPOINT. Returns "
+        "once the mount is ready; the daemon stays in the background unless --foreground.",
+    )
+    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory")
+    mount.add_argument(
+        "--index", type=Path, metavar="DIR",
+        help="directory holding idc_index.parquet (default: the installed idc-index-data)",
+    )
+    mount.add_argument(
+        "--endpoint-url", metavar="URL",
+        help="S3-compatible endpoint for every request (default: AWS S3, us-east-1)",
+    )
+    mount.add_argument(
+        "--cache-dir", type=Path, metavar="DIR",
+        help=f"where the index tree and series listings are kept (default: {default_cache_dir()})",
+    )
+    mount.add_argument(
+        "--max-connections", type=int, metavar="N",
+        help="connections to the object store at most (default: 64)",
+    )
+    mount.add_argument(
+        "-f", "--foreground", action="store_true", default=None,
+        help="stay in the foreground, logging to stderr",
+    )
+    mount.add_argument(
+        "--debug", action="store_true", default=None, help="log everything (same as --log-level DEBUG)"
+    )
+    mount.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default: INFO)",
+    )
+    mount.add_argument(
+        "--log-file", type=Path, metavar="FILE",
+        help="log file of a background daemon (default: idcfs.log in the cache directory)",
+    )
+    mount.add_argument(
+        "-o", dest="options", action="append", default=[], metavar="OPT[=VAL],...",
+        help="mount options: any long option above as name=value (e.g. -o endpoint_url=URL), "
+        "and FUSE options such as allow_other",
+    )
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    umount = sub.add_parser("umount", help="unmount an idcfs mount", description="Unmount MOUNTPOINT.")
+    umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    return parser
+
+
+def _apply_o_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> set[str]:
+    """Fold `-o name=value` into args (explicit flags win); return the FUSE options."""
+    mount_parser = parser._subparsers._group_actions[0].choices["mount"]  # noqa: SLF001
+    actions = {a.dest: a for a in mount_parser._actions if a.option_strings}  # noqa: SLF001
+    fuse: set[str] = set()
+    for item in ",".join(args.options).split(","):
+        if not item:
+            continue
+        name, has_value, value = item.partition("=")
+        key = name.replace("-", "_")
+        if key in ("options", "ready_fd", "help") or key.startswith("x-"):
+            continue
+        if key in actions:
+            action = actions[key]
+            if getattr(args, key) is not None:
+                continue
+            if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+                setattr(args, key, value.lower() not in ("0", "false", "no") if has_value else True)
+            elif not has_value:
+                raise UsageError(f"mount option {name} needs a value ({name}=...)")
+            else:
+                try:
+                    converted = action.type(value) if action.type else value
+                except (TypeError, ValueError) as exc:
+                    raise UsageError(f"bad value for mount option {name}: {value!r}") from exc
+                if action.choices and converted not in action.choices:
+                    raise UsageError(f"mount option {name} must be one of {', '.join(action.choices)}")
+                setattr(args, key, converted)
+        elif key in FUSE_OPTIONS and not has_value or key in FUSE_VALUED_OPTIONS and has_value:
+            fuse.add(item)
+        elif key == "rw":
+            raise UsageError("idcfs is read-only: the mount option rw cannot be honoured")
+        elif key in IGNORED_OPTIONS:
+            continue
+        else:
+            raise UsageError(f"unknown mount option: {name}")
+    return fuse
+
+
+def _check_endpoint(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or " " in url:
+        raise UsageError(f"malformed endpoint URL {url!r}: expected http(s)://host[:port]")
+    try:
+        parsed.port
+    except ValueError as exc:
+        raise UsageError(f"malformed endpoint URL {url!r}: bad port") from exc
+    return url
+
+
+def _check_mountpoint(path: Path) -> Path:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"mountpoint {path} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise UsageError(
+                f"{path} is a stale mount of a daemon that died; clear it with: idcfs umount {path}"
+            ) from None
+        raise UsageError(f"cannot use mountpoint {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise UsageError(f"{path} is already a mount point; unmount it first")
+    try:
+        if any(path.iterdir()):
+            raise UsageError(f"mountpoint {path} is not empty")
+    except PermissionError:
+        raise UsageError(f"cannot read mountpoint {path}: permission denied") from None
+    return path.resolve()
+
+
+def _check_fuse() -> None:
+    try:
+        if not stat.S_ISCHR(os.stat("/dev/fuse").st_mode):
+            raise UsageError("/dev/fuse is not the FUSE device; is the fuse module loaded?")
+    except FileNotFoundError:
+        raise UsageError("no /dev/fuse: FUSE is not available (load the fuse module)") from None
+    if shutil.which("fusermount3") is None:
+        raise UsageError("fusermount3 not found: install the fuse3 package")
+
+
+def _prepare_cache_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise UsageError(f"cannot use cache directory {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"cache directory {path} is not writable")
+    return path.resolve()
+
+
+def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> MountConfig:
+    """Check everything a person could get wrong and settle the options of the mount."""
+    fuse = _apply_o_options(args, parser)
+    _check_fuse()
+    mountpoint = _check_mountpoint(args.mountpoint)
+    index_dir = args.index or default_index_dir()
+    check_index_dir(index_dir)
+    endpoint = _check_endpoint(args.endpoint_url) if args.endpoint_url else None
+    if args.max_connections is not None and args.max_connections < 1:
+        raise UsageError("--max-connections must be at least 1")
+    level = "DEBUG" if args.debug else (args.log_level or "INFO")
+    cache_dir = _prepare_cache_dir(args.cache_dir or default_cache_dir())
+    return MountConfig(
+        mountpoint=mountpoint,
+        index_dir=index_dir.resolve(),
+        cache_dir=cache_dir,
+        endpoint_url=endpoint,
+        foreground=bool(args.foreground),
+        log_level=level,
+        log_file=args.log_file.resolve() if args.log_file else None,
+        max_connections=args.max_connections or 64,
+        fuse_options=frozenset(fuse),
+    )
+
+
+def _mount_background(cfg: MountConfig, argv: list[str]) -> int:
+    """Start the daemon in its own session and wait until it says the mount is ready."""
+    log_file = cfg.log_file or cfg.cache_dir / "idcfs.log"
+    read_end, write_end = os.pipe()
+    with open(log_file, "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "idcfs", *argv, "--foreground", "--ready-fd", str(write_end)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            pass_fds=(write_end,), start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        message = ready.read().decode(errors="replace").strip()
+    if message == "ready":
+        return 0
+    code = child.wait()
+    print(f"idcfs: {message or f'the daemon exited with status {code}; see {log_file}'}",
+          file=sys.stderr)
+    return 1
+
+
+def umount(mountpoint: Path) -> int:
+    """Unmount, including a stale mount left by a daemon that was killed."""
+    path = os.path.abspath(mountpoint)
+    with open("/proc/mounts") as mounts:
+        mounted = any(line.split()[1] == path for line in mounts)
+    if not mounted:
+        print(f"idcfs: {path} is not mounted", file=sys.stderr)
+        return 1
+    proc = subprocess.run(["fusermount3", "-u", path], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "unknown error"
+        print(f"idcfs: cannot unmount {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "umount":
+            return umount(args.mountpoint)
+        cfg = mount_config(args, parser)
+        if not cfg.foreground:
+            return _mount_background(cfg, argv)
+        from .daemon import run
+
+        return run(cfg, ready_fd=args.ready_fd)
+    except (UsageError, BadIndex) as exc:
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, str(exc).encode())
+        print(f"idcfs: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        logging.getLogger(__name__).info("interrupted")
+        return 130

@@ -1,0 +1,107 @@
+"""The mounted daemon: wires the layers together, serves FUSE on trio, unmounts cleanly.
+
+Readiness is announced only after the mount has answered a stat of its own root, so whoever
+started it (the CLI in the background, later systemd) never sees a mount that does not work yet.
+SIGTERM, SIGINT and SIGHUP end the FUSE loop and unmount; an unmount from outside
+(`idcfs umount`) ends it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+
+import pyfuse3
+import trio
+
+from . import index
+from .bridge import AsyncioBridge
+from .config import MountConfig
+from .fs import Operations
+from .listings import Listings
+from .source import ObjectSource
+from .tree import Tree
+
+log = logging.getLogger("idcfs")
+
+BASE_FUSE_OPTIONS = {"fsname=idcfs", "subtype=idcfs", "ro", "default_permissions"}
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if level != "DEBUG":
+        for noisy in ("botocore", "aiobotocore", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _announce(ready_fd: int | None, message: str) -> None:
+    if ready_fd is not None:
+        os.write(ready_fd, message.encode())
+        os.close(ready_fd)
+
+
+async def _serve(cfg: MountConfig, ready_fd: int | None, started: float) -> None:
+    async def ready_when_answering() -> None:
+        await trio.to_thread.run_sync(os.stat, cfg.mountpoint)
+        log.info("mounted %s in %.2f s", cfg.mountpoint, time.monotonic() - started)
+        _announce(ready_fd, "ready")
+
+    async def stop_on_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("%s received: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signal)
+        nursery.start_soon(ready_when_answering)
+        await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_connections * 2)
+        nursery.cancel_scope.cancel()
+
+
+def run(cfg: MountConfig, ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted or signalled; the exit status of the daemon."""
+    setup_logging(cfg.log_level)
+    started = time.monotonic()
+    try:
+        tree = Tree(index.load(cfg.index_dir, cfg.cache_dir))
+    except index.BadIndex as exc:
+        log.error("%s", exc)
+        _announce(ready_fd, str(exc))
+        return 1
+    log.info("index: %d series from %s", tree.rows, cfg.index_dir)
+
+    bridge = AsyncioBridge()
+    bridge.start()
+    source = ObjectSource(cfg.endpoint_url, cfg.max_connections)
+    bridge.call(source.start())
+    listings = Listings(lambda ref: bridge.run(source.list_series(ref.bucket, ref.prefix)),
+                        cfg.cache_dir)
+    ops = Operations(
+        tree, listings, lambda bucket, key, off, n: bridge.run(source.get_range(bucket, key, off, n))
+    )
+    try:
+        pyfuse3.init(ops, str(cfg.mountpoint), BASE_FUSE_OPTIONS | set(cfg.fuse_options))
+    except RuntimeError as exc:
+        message = f"cannot mount {cfg.mountpoint}: {exc}"
+        log.error("%s", message)
+        _announce(ready_fd, message)
+        bridge.call(source.close())
+        bridge.stop()
+        return 1
+    try:
+        trio.run(_serve, cfg, ready_fd, started)
+    finally:
+        pyfuse3.close(unmount=True)
+        bridge.call(source.close())
+        bridge.stop()
+        log.info("unmounted %s", cfg.mountpoint)
+    return 0

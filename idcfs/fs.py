@@ -1,0 +1,204 @@
+"""pyfuse3 operations: thin translation between the kernel's requests and the layers below.
+
+This is the only module that speaks FUSE: it turns tree nodes into attributes, missing nodes into
+ENOENT, failed object reads into EIO (logged with their cause), and any attempt to change
+anything into EROFS. Everything it serves is immutable, and it tells the kernel so (long entry and
+attribute timeouts, keep_cache) so that repeated lookups and reads never reach the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pyfuse3
+
+from . import naming
+from .listings import Listings
+from .source import SourceError
+from .tree import Kind, Node, Tree
+
+log = logging.getLogger(__name__)
+
+ReadObject = Callable[[str, str, int, int], Awaitable[bytes]]
+IMMUTABLE_TIMEOUT = 24 * 3600.0
+BLOCK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class OpenFile:
+    bucket: str
+    key: str
+    size: int
+
+
+class Operations(pyfuse3.Operations):
+    """A read-only view of the tree; file bytes come from read_object(bucket, key, off, len)."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, listings: Listings, read_object: ReadObject) -> None:
+        super().__init__()
+        self.tree = tree
+        self.listings = listings
+        self.read_object = read_object
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self._open: dict[int, OpenFile] = {}
+        self._next_fh = 1
+
+    # -- attributes, in one place ------------------------------------------------------------
+
+    def _attributes(self, node: Node, size: int = 0) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.inode
+        if node.is_dir:
+            attr.st_mode = stat.S_IFDIR | 0o555
+            subdirs = self.tree.child_count(node) if node.kind < Kind.SERIES else 0
+            attr.st_nlink = 2 + subdirs
+        else:
+            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_nlink = 1
+            attr.st_size = size
+            attr.st_blocks = (size + 511) // 512
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self.tree.timestamp_ns
+        attr.entry_timeout = attr.attr_timeout = IMMUTABLE_TIMEOUT
+        return attr
+
+    def _node(self, inode: int) -> Node:
+        node = self.tree.node(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    async def _listing(self, row: int):
+        ref = self.tree.series(row)
+        try:
+            return ref, await self.listings.get(ref)
+        except SourceError as exc:
+            log.error("%s", exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    async def _file_size(self, node: Node) -> int:
+        _, listing = await self._listing(node.index)
+        if node.file >= len(listing.sizes):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return listing.sizes[node.file]
+
+    # -- namespace --------------------------------------------------------------------------
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self._node(parent_inode)
+        if parent.kind is Kind.FILE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if parent.kind is Kind.SERIES:
+            value = naming.decode(name)
+            _, listing = await self._listing(parent.index)
+            i = None if value is None else listing.find(value)
+            if i is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._attributes(Node(Kind.FILE, parent.index, i), listing.sizes[i])
+        child = self.tree.lookup(parent, name)
+        if child is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attributes(child)
+
+    async def getattr(self, inode, ctx=None):
+        node = self._node(inode)
+        if node.kind is Kind.FILE:
+            return self._attributes(node, await self._file_size(node))
+        return self._attributes(node)
+
+    async def forget(self, inode_list):
+        """Inodes are derived from positions, so there is nothing to free."""
+
+    async def opendir(self, inode, ctx):
+        if not self._node(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        node = self._node(fh)
+        if node.kind is Kind.SERIES:
+            _, listing = await self._listing(node.index)
+            for i in range(start_id, len(listing.names)):
+                child = Node(Kind.FILE, node.index, i)
+                attr = self._attributes(child, listing.sizes[i])
+                if not pyfuse3.readdir_reply(
+                    token, naming.encode(listing.names[i]).encode(), attr, i + 1
+                ):
+                    return
+            return
+        for i, (name, child) in enumerate(self.tree.children(node, start_id), start_id):
+            if not pyfuse3.readdir_reply(token, name.encode(), self._attributes(child), i + 1):
+                return
+
+    async def releasedir(self, fh):
+        """Directory handles are inode numbers; nothing to release."""
+
+    async def statfs(self, ctx):
+        meta = self.tree.files.meta
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = st.f_frsize = BLOCK_SIZE
+        st.f_blocks = -(-int(meta.get("bytes", 0)) // BLOCK_SIZE)
+        st.f_bfree = st.f_bavail = 0
+        st.f_files = int(meta.get("files", 0)) + int(meta.get("rows", 0))
+        st.f_ffree = st.f_favail = 0
+        st.f_namemax = 255
+        return st
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        ref, listing = await self._listing(node.index)
+        if node.file >= len(listing.names):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._open[fh] = OpenFile(
+            ref.bucket, ref.prefix + listing.names[node.file], listing.sizes[node.file]
+        )
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def read(self, fh, off, size):
+        f = self._open.get(fh)
+        if f is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        length = min(size, f.size - off)
+        if length <= 0:
+            return b""
+        try:
+            return await self.read_object(f.bucket, f.key, off, length)
+        except SourceError as exc:
+            log.error("%s", exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    async def release(self, fh):
+        self._open.pop(fh, None)
+
+    async def access(self, inode, mode, ctx):
+        self._node(inode)
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return True
+
+    # -- everything that would change the tree ---------------------------------------------
+
+    async def _read_only(self, *args, **kwargs):
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
+    create = write = setxattr = removexattr = _read_only

@@ -1,0 +1,285 @@
+"""The idc-index parquet files, turned once into a compact, memory-mapped tree.
+
+Loading the full index (one row per series, ~1M rows) into Python objects costs ~10 s and over a
+gigabyte; even as Arrow it peaks at several hundred MB. So the daemon never loads it: a child
+process sorts the rows by their path with duckdb and writes the levels of the tree as Arrow IPC
+files under the cache directory, and the daemon memory-maps them. A collection, a patient, a study
+is then a contiguous run of sorted rows: each level is a column of names and a column of the row
+where each run starts, nothing per series is a Python object, and a remount reuses the files.
+
+The built tree is keyed by the index file's identity (path, size, mtime) and the builder's
+format, so a new idc-index-data release builds a new tree and an old one is never misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE = "idc_index.parquet"
+REQUIRED_COLUMNS = (
+    "collection_id",
+    "PatientID",
+    "StudyInstanceUID",
+    "Modality",
+    "SeriesInstanceUID",
+    "crdc_series_uuid",
+    "aws_bucket",
+)
+LEVELS = ("collections", "patients", "studies")
+
+
+class BadIndex(Exception):
+    """The index directory cannot be used; the message says why, for a person."""
+
+
+def default_index_dir() -> Path:
+    """The directory of the installed idc-index-data package, the index users already have."""
+    try:
+        import idc_index_data
+    except ImportError as exc:
+        raise BadIndex(
+            "no index: the idc-index-data package is not installed; give --index DIR"
+        ) from exc
+    return Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent
+
+
+def check_index_dir(index_dir: Path) -> Path:
+    """Return the index parquet file in index_dir, or raise BadIndex naming what is wrong."""
+    if not index_dir.exists():
+        raise BadIndex(f"index directory {index_dir} does not exist")
+    if not index_dir.is_dir():
+        raise BadIndex(f"index directory {index_dir} is not a directory")
+    path = index_dir / INDEX_FILE
+    if not path.is_file():
+        raise BadIndex(f"index directory {index_dir} has no {INDEX_FILE}")
+    try:
+        schema = pq.read_schema(path)
+    except PermissionError as exc:
+        raise BadIndex(f"cannot read {path}: permission denied") from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise BadIndex(f"{path} is not a readable parquet file ({exc})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise BadIndex(f"{path} lacks required column(s): {', '.join(missing)}")
+    return path
+
+
+def _tree_key(parquet: Path) -> str:
+    st = parquet.stat()
+    ident = f"{FORMAT_VERSION}|{parquet.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def _build_sql(parquet: Path, disambiguate: bool) -> str:
+    # Series folders are named as idc-index's default dirTemplate names them
+    # (%Modality_%SeriesInstanceUID). If two rows of one study would get the same folder name, both
+    # get their crdc_series_uuid appended, so no row hides another and the order stays
+    # deterministic. That needs a window over every row (slower), so it is only done for an index
+    # where the plain build found such a clash.
+    src = str(parquet).replace("'", "''")
+    name = "Modality || '_' || SeriesInstanceUID"
+    if disambiguate:
+        name = f"""CASE WHEN count(*) OVER (PARTITION BY collection_id, PatientID,
+                        StudyInstanceUID, {name}) > 1
+                   THEN {name} || '~' || crdc_series_uuid ELSE {name} END"""
+    return f"""
+        WITH rows AS (
+            SELECT coalesce(collection_id, '') AS collection_id,
+                   coalesce(PatientID, '') AS PatientID,
+                   coalesce(StudyInstanceUID, '') AS StudyInstanceUID,
+                   coalesce(Modality, '') AS Modality,
+                   coalesce(SeriesInstanceUID, '') AS SeriesInstanceUID,
+                   crdc_series_uuid, aws_bucket,
+                   {_optional(parquet, 'instanceCount', 'BIGINT')} AS instance_count,
+                   {_optional(parquet, 'series_size_MB', 'DOUBLE')} AS size_mb
+            FROM read_parquet('{src}')
+        )
+        SELECT collection_id, PatientID, StudyInstanceUID, {name} AS series_name,
+               crdc_series_uuid, aws_bucket, instance_count, size_mb
+        FROM rows
+        ORDER BY collection_id, PatientID, StudyInstanceUID, series_name
+    """
+
+
+def _optional(parquet: Path, column: str, sql_type: str) -> str:
+    return column if column in pq.read_schema(parquet).names else f"CAST(0 AS {sql_type})"
+
+
+def _run_starts(*columns: pa.ChunkedArray) -> np.ndarray:
+    """Rows where a run of equal values (over all the given columns) starts."""
+    n = len(columns[0])
+    new = np.zeros(n, dtype=bool)
+    if n:
+        new[0] = True
+    for col in columns:
+        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if n > 1:
+            differs = pc.not_equal(arr.slice(1), arr.slice(0, n - 1))
+            new[1:] |= differs.to_numpy(zero_copy_only=False)
+    return np.flatnonzero(new).astype(np.int64)
+
+
+def _write(path: Path, table: pa.Table) -> None:
+    """One record batch per file, so that the reader can map each column without copying it."""
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+
+
+def build(parquet: Path, dest: Path) -> None:
+    """Build the tree files for one index parquet into dest (atomically: all or nothing)."""
+    import duckdb
+
+    started = time.monotonic()
+    con = duckdb.connect(config={"threads": os.cpu_count() or 1})
+    table = con.execute(_build_sql(parquet, disambiguate=False)).to_arrow_table()
+    keys = [table.column(c) for c in ("collection_id", "PatientID", "StudyInstanceUID")]
+    if len(_run_starts(*keys, table.column("series_name"))) < table.num_rows:
+        log.warning("%s names two series of one study alike; telling them apart", parquet)
+        table = con.execute(_build_sql(parquet, disambiguate=True)).to_arrow_table()
+        keys = [table.column(c) for c in ("collection_id", "PatientID", "StudyInstanceUID")]
+    con.close()
+    coll, pat, study = keys
+    starts = {
+        "collections": _run_starts(coll),
+        "patients": _run_starts(coll, pat),
+        "studies": _run_starts(coll, pat, study),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest.parent))
+    try:
+        for level, column in zip(LEVELS, (coll, pat, study)):
+            s = starts[level]
+            names = column.take(pa.array(s)).combine_chunks()
+            _write(tmp / f"{level}.arrow", pa.table({"name": names, "start": pa.array(s)}))
+        rows = pa.table(
+            {
+                "series_name": table.column("series_name"),
+                "crdc_series_uuid": table.column("crdc_series_uuid"),
+                "aws_bucket": pc.dictionary_encode(table.column("aws_bucket")),
+            }
+        )
+        _write(tmp / "rows.arrow", rows)
+        meta = {
+            "format": FORMAT_VERSION,
+            "source": str(parquet),
+            "rows": table.num_rows,
+            "files": int(pc.sum(table.column("instance_count")).as_py() or 0),
+            "bytes": int((pc.sum(table.column("size_mb")).as_py() or 0) * 1_000_000),
+            "timestamp_ns": _release_timestamp_ns(parquet),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.rename(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not dest.is_dir():
+            raise
+    log.info("built the tree of %d series in %.1f s", table.num_rows, time.monotonic() - started)
+
+
+def _release_timestamp_ns(parquet: Path) -> int:
+    """A stable time for every entry: the newest release date the index names, else its mtime.
+
+    Using the release date means the same data shows the same times on every machine and every
+    mount, which is what rsync and make compare.
+    """
+    versions = parquet.parent / "version_metadata_index.parquet"
+    try:
+        table = pq.read_table(versions, columns=["version_timestamp"])
+        newest = max(v for v in table.column(0).to_pylist() if v)
+        return int(time.mktime(time.strptime(newest[:10], "%Y-%m-%d")) * 1e9)
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return parquet.stat().st_mtime_ns
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of directories: their names (sorted) and the first row of each."""
+
+    names: pa.StringArray | pa.LargeStringArray
+    starts: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+@dataclass(frozen=True)
+class TreeFiles:
+    """The memory-mapped tree: three directory levels above the series rows."""
+
+    collections: Level
+    patients: Level
+    studies: Level
+    series_names: pa.Array
+    crdc_series_uuids: pa.Array
+    buckets: pa.DictionaryArray
+    meta: dict
+
+
+def _read(path: Path) -> pa.RecordBatch:
+    reader = ipc.open_file(pa.memory_map(str(path), "r"))
+    if reader.num_record_batches != 1:
+        raise BadIndex(f"{path} is damaged; delete {path.parent} and mount again")
+    return reader.get_batch(0)
+
+
+def open_tree(path: Path) -> TreeFiles:
+    """Memory-map built tree files; costs milliseconds and no memory per series."""
+    levels = []
+    for level in LEVELS:
+        t = _read(path / f"{level}.arrow")
+        starts = t.column("start").to_numpy(zero_copy_only=True)
+        levels.append(Level(t.column("name"), starts))
+    rows = _read(path / "rows.arrow")
+    return TreeFiles(
+        *levels,
+        series_names=rows.column("series_name"),
+        crdc_series_uuids=rows.column("crdc_series_uuid"),
+        buckets=rows.column("aws_bucket"),
+        meta=json.loads((path / "meta.json").read_text()),
+    )
+
+
+def load(index_dir: Path, cache_dir: Path) -> TreeFiles:
+    """Open the tree for index_dir, building it first (in a child process) if needed.
+
+    The build runs in a child so that its peak memory (duckdb sorting a million rows) is returned
+    to the system when it exits, instead of staying in the long-lived daemon.
+    """
+    parquet = check_index_dir(index_dir)
+    root = cache_dir / "index"
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / _tree_key(parquet)
+    if not (dest / "meta.json").is_file():
+        log.info("indexing %s (once per index release; a few seconds)", parquet)
+        proc = subprocess.run(
+            [sys.executable, "-m", "idcfs.index", str(parquet), str(dest)],
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise BadIndex(f"could not index {parquet}: {last}")
+    return open_tree(dest)
+
+
+if __name__ == "__main__":
+    build(Path(sys.argv[1]), Path(sys.argv[2]))

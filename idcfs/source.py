@@ -1,0 +1,95 @@
+"""The object source: IDC's buckets over the S3 API (AWS, GCS's XML API, or any endpoint).
+
+Runs on asyncio (aiobotocore's loop, see bridge.py). Every request is unsigned: botocore is given
+`signature_version=UNSIGNED`, which also stops it from looking up credentials at all, so no key
+from the environment or ~/.aws is ever read or sent to a public bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore import UNSIGNED
+from botocore.exceptions import BotoCoreError, ClientError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION = "us-east-1"
+
+
+class SourceError(Exception):
+    """A request to the object store failed; the message names endpoint, bucket, key and cause."""
+
+
+class ObjectSource:
+    """Listing and ranged reads of immutable objects; one connection pool per mount."""
+
+    def __init__(self, endpoint_url: str | None, max_connections: int = 64) -> None:
+        self.endpoint_url = endpoint_url
+        self.max_connections = max_connections
+        self._stack = contextlib.AsyncExitStack()
+        self._client = None
+
+    @property
+    def where(self) -> str:
+        return self.endpoint_url or "https://s3.amazonaws.com"
+
+    async def start(self) -> None:
+        config = AioConfig(
+            signature_version=UNSIGNED,
+            max_pool_connections=self.max_connections,
+            retries={"max_attempts": 5, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=30,
+            s3={"addressing_style": "path"} if self.endpoint_url else None,
+        )
+        session = get_session()
+        self._client = await self._stack.enter_async_context(
+            session.create_client(
+                "s3", region_name=DEFAULT_REGION, endpoint_url=self.endpoint_url, config=config
+            )
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    def _error(self, what: str, bucket: str, key: str, exc: Exception) -> SourceError:
+        if isinstance(exc, ClientError):
+            meta = exc.response.get("ResponseMetadata", {})
+            code = exc.response.get("Error", {}).get("Code", "?")
+            cause = f"HTTP {meta.get('HTTPStatusCode', '?')} {code}"
+        else:
+            cause = f"{type(exc).__name__}: {exc}"
+        return SourceError(f"{what} s3://{bucket}/{key} at {self.where} failed: {cause}")
+
+    async def list_series(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
+        """Every object under prefix as (name below the prefix, size), in key order, all pages."""
+        found: list[tuple[str, int]] = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", ()):
+                    found.append((obj["Key"][len(prefix) :], int(obj["Size"])))
+        except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+            raise self._error("listing", bucket, prefix, exc) from exc
+        return found
+
+    async def get_range(self, bucket: str, key: str, start: int, length: int) -> bytes:
+        """Exactly length bytes of an object from start; anything shorter or longer is an error."""
+        try:
+            resp = await self._client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+            )
+            async with resp["Body"] as body:
+                data = await body.read()
+        except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+            raise self._error("reading", bucket, key, exc) from exc
+        if len(data) != length:
+            raise SourceError(
+                f"reading s3://{bucket}/{key} at {self.where} returned {len(data)} bytes "
+                f"for a range of {length}"
+            )
+        return data

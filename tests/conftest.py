@@ -1,0 +1,82 @@
+"""Shared fixtures: a local S3 server with IDC-shaped sample data, and real idcfs mounts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sample as sample_data  # noqa: E402
+
+IDCFS = [sys.executable, "-m", "idcfs"]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    port = sample_data.free_port()
+    server = sample_data.start_moto(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> sample_data.Sample:
+    return sample_data.build_sample(s3_endpoint, tmp_path_factory.mktemp("sample") / "index")
+
+
+def run_idcfs(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*IDCFS, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.abspath(path)
+    with open("/proc/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
+def force_unmount(path: Path) -> None:
+    """Unmount whatever is left, so a failing test never leaves a mount behind."""
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, check=False)
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, check=False)
+
+
+@contextmanager
+def mounted(sample: sample_data.Sample, mountpoint: Path, cache_dir: Path, *extra: str,
+            endpoint: str) -> Iterator[Path]:
+    """idcfs mounted in the background with the sample index, unmounted however the test ends."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    proc = run_idcfs("mount", str(mountpoint), "--index", str(sample.index_dir),
+                     "--endpoint-url", endpoint, "--cache-dir", str(cache_dir), *extra)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        assert is_mounted(mountpoint)
+        yield mountpoint
+    finally:
+        if is_mounted(mountpoint):
+            run_idcfs("umount", str(mountpoint))
+        deadline = time.monotonic() + 10
+        while is_mounted(mountpoint) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        force_unmount(mountpoint)
+
+
+@pytest.fixture(scope="module")
+def mount(sample: sample_data.Sample, s3_endpoint: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("mount")
+    with mounted(sample, base / "mnt", base / "cache", endpoint=s3_endpoint) as mnt:
+        yield mnt
