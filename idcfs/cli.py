@@ -148,26 +148,35 @@ def _check_endpoint(url: str) -> str:
     return url
 
 
+def _stale(path: Path) -> UsageError:
+    return UsageError(
+        f"{path} is a stale mount of a daemon that died; clear it with: idcfs umount {path}"
+    )
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether path is a mount point, by the kernel's table (stat may be answered from a cache)."""
+    target = os.path.abspath(path)
+    with open("/proc/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
 def _check_mountpoint(path: Path) -> Path:
     try:
         st = path.stat()
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"mountpoint {path} is not a directory")
+        entries = os.listdir(path)
     except FileNotFoundError:
         raise UsageError(f"mountpoint {path} does not exist") from None
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            raise UsageError(
-                f"{path} is a stale mount of a daemon that died; clear it with: idcfs umount {path}"
-            ) from None
+            raise _stale(path) from None
         raise UsageError(f"cannot use mountpoint {path}: {exc.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
+    if is_mounted(path):
         raise UsageError(f"{path} is already a mount point; unmount it first")
-    try:
-        if any(path.iterdir()):
-            raise UsageError(f"mountpoint {path} is not empty")
-    except PermissionError:
-        raise UsageError(f"cannot read mountpoint {path}: permission denied") from None
+    if entries:
+        raise UsageError(f"mountpoint {path} is not empty")
     return path.resolve()
 
 
@@ -241,9 +250,7 @@ def _mount_background(cfg: MountConfig, argv: list[str]) -> int:
 def umount(mountpoint: Path) -> int:
     """Unmount, including a stale mount left by a daemon that was killed."""
     path = os.path.abspath(mountpoint)
-    with open("/proc/mounts") as mounts:
-        mounted = any(line.split()[1] == path for line in mounts)
-    if not mounted:
+    if not is_mounted(Path(path)):
         print(f"idcfs: {path} is not mounted", file=sys.stderr)
         return 1
     proc = subprocess.run(["fusermount3", "-u", path], capture_output=True, text=True, check=False)

@@ -27,7 +27,12 @@ from .tree import Tree
 
 log = logging.getLogger("idcfs")
 
+STOP_GRACE_SECONDS = 5
 BASE_FUSE_OPTIONS = {"fsname=idcfs", "subtype=idcfs", "ro", "default_permissions"}
+
+
+class MountFailed(Exception):
+    """The kernel refused the mount; the message says where and why."""
 
 
 def setup_logging(level: str) -> None:
@@ -47,24 +52,38 @@ def _announce(ready_fd: int | None, message: str) -> None:
         os.close(ready_fd)
 
 
-async def _serve(cfg: MountConfig, ready_fd: int | None, started: float) -> None:
-    async def ready_when_answering() -> None:
-        await trio.to_thread.run_sync(os.stat, cfg.mountpoint)
-        log.info("mounted %s in %.2f s", cfg.mountpoint, time.monotonic() - started)
-        _announce(ready_fd, "ready")
+async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, started: float) -> None:
+    # Signals are caught from before the mount exists until after it is gone, so a SIGTERM at any
+    # moment unmounts instead of killing the daemon and leaving a stale mount behind.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        try:
+            pyfuse3.init(ops, str(cfg.mountpoint), BASE_FUSE_OPTIONS | set(cfg.fuse_options))
+        except RuntimeError as exc:
+            raise MountFailed(f"cannot mount {cfg.mountpoint}: {exc}") from exc
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+                nursery.start_soon(_ready_when_answering, cfg, ready_fd, started)
+                await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_connections * 2)
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
 
-    async def stop_on_signal() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                log.info("%s received: unmounting", signal.Signals(signum).name)
-                pyfuse3.terminate()
-                return
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(stop_on_signal)
-        nursery.start_soon(ready_when_answering)
-        await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_connections * 2)
-        nursery.cancel_scope.cancel()
+async def _ready_when_answering(cfg: MountConfig, ready_fd: int | None, started: float) -> None:
+    await trio.to_thread.run_sync(os.stat, cfg.mountpoint)
+    log.info("mounted %s in %.2f s", cfg.mountpoint, time.monotonic() - started)
+    _announce(ready_fd, "ready")
+
+
+async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
+    """Let requests in flight finish for a moment, then stop whatever is left."""
+    async for signum in signals:
+        log.info("%s received: unmounting", signal.Signals(signum).name)
+        pyfuse3.terminate()
+        await trio.sleep(STOP_GRACE_SECONDS)
+        scope.cancel()
+        return
 
 
 def run(cfg: MountConfig, ready_fd: int | None = None) -> int:
@@ -89,19 +108,13 @@ def run(cfg: MountConfig, ready_fd: int | None = None) -> int:
         tree, listings, lambda bucket, key, off, n: bridge.run(source.get_range(bucket, key, off, n))
     )
     try:
-        pyfuse3.init(ops, str(cfg.mountpoint), BASE_FUSE_OPTIONS | set(cfg.fuse_options))
-    except RuntimeError as exc:
-        message = f"cannot mount {cfg.mountpoint}: {exc}"
-        log.error("%s", message)
-        _announce(ready_fd, message)
-        bridge.call(source.close())
-        bridge.stop()
+        trio.run(_serve, cfg, ops, ready_fd, started)
+    except MountFailed as exc:
+        log.error("%s", exc)
+        _announce(ready_fd, str(exc))
         return 1
-    try:
-        trio.run(_serve, cfg, ready_fd, started)
     finally:
-        pyfuse3.close(unmount=True)
         bridge.call(source.close())
         bridge.stop()
-        log.info("unmounted %s", cfg.mountpoint)
+    log.info("unmounted %s", cfg.mountpoint)
     return 0

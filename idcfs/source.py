@@ -41,7 +41,7 @@ class ObjectSource:
         config = AioConfig(
             signature_version=UNSIGNED,
             max_pool_connections=self.max_connections,
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=10,
             read_timeout=30,
             s3={"addressing_style": "path"} if self.endpoint_url else None,

@@ -15,6 +15,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import sample as sample_data  # noqa: E402
 
+from idcfs.cli import is_mounted  # noqa: E402,F401 - shared with the tests
+
 IDCFS = [sys.executable, "-m", "idcfs"]
 
 
@@ -38,12 +40,6 @@ def run_idcfs(*args: str, env: dict | None = None, timeout: float = 60) -> subpr
     return subprocess.run(
         [*IDCFS, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.path.abspath(path)
-    with open("/proc/mounts") as mounts:
-        return any(line.split()[1] == target for line in mounts)
 
 
 def force_unmount(path: Path) -> None:

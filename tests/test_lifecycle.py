@@ -1,0 +1,114 @@
+"""Starting, stopping and remounting the daemon for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import IDCFS, force_unmount, is_mounted, mounted, run_idcfs
+from test_mount import series_dir
+
+
+def wait_for(predicate, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def foreground(sample, s3_endpoint, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen(
+        [*IDCFS, "mount", str(mnt), "--foreground", "--index", str(sample.index_dir),
+         "--endpoint-url", s3_endpoint, "--cache-dir", str(tmp_path / "cache")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert wait_for(lambda: is_mounted(mnt)), proc.stderr.read() if proc.poll() else ""
+        yield proc, mnt
+    finally:
+        force_unmount(mnt)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_foreground_mount_serves_until_unmounted(sample, foreground):
+    proc, mnt = foreground
+    path, data = next((series_dir(mnt, r), r) for r in sample.rows)
+    name, content = next(iter(sample.series_objects(data).items()))
+    assert (path / name).read_bytes() == content
+    assert run_idcfs("umount", str(mnt)).returncode == 0
+    assert proc.wait(30) == 0
+    assert not is_mounted(mnt)
+    assert "mounted" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_unmounts_cleanly(foreground, signum):
+    proc, mnt = foreground
+    proc.send_signal(signum)
+    assert proc.wait(30) == 0
+    assert not is_mounted(mnt)
+
+
+def test_background_mount_answers_as_soon_as_the_command_returns(sample, s3_endpoint, tmp_path):
+    with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=s3_endpoint) as mnt:
+        assert sorted(os.listdir(mnt)) == sorted({r["collection_id"] for r in sample.rows})
+
+
+def test_a_remount_lists_series_from_the_cache_without_the_endpoint(sample, s3_endpoint, tmp_path):
+    row = sample.rows[0]
+    with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=s3_endpoint) as mnt:
+        first = sorted(os.listdir(series_dir(mnt, row)))
+    with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint="http://127.0.0.1:9") as mnt:
+        assert sorted(os.listdir(series_dir(mnt, row))) == first == sorted(sample.series_objects(row))
+        with pytest.raises(OSError) as failure:
+            (series_dir(mnt, row) / first[0]).read_bytes()
+        assert failure.value.errno == 5  # EIO: the bytes need the endpoint, which is down
+
+
+def test_o_options_work_like_long_options(sample, s3_endpoint, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    options = f"index={sample.index_dir},endpoint_url={s3_endpoint},cache_dir={tmp_path / 'c'}"
+    proc = run_idcfs("mount", str(mnt), "-o", options)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        row = sample.rows[2]
+        name, data = next(iter(sample.series_objects(row).items()))
+        assert (series_dir(mnt, row) / name).read_bytes() == data
+    finally:
+        run_idcfs("umount", str(mnt))
+        force_unmount(mnt)
+
+
+def test_a_stale_mount_is_reported_and_cleared_by_umount(sample, s3_endpoint, tmp_path):
+    mnt = tmp_path / "mnt"
+    with mounted(sample, mnt, tmp_path / "cache", endpoint=s3_endpoint):
+        daemon = subprocess.run(["pgrep", "-f", f"idcfs mount {mnt}"], capture_output=True,
+                                text=True, check=True).stdout.split()
+        for pid in daemon:
+            os.kill(int(pid), signal.SIGKILL)
+        assert wait_for(lambda: _stale(mnt), 10)
+        again = run_idcfs("mount", str(mnt), "--index", str(sample.index_dir))
+        assert again.returncode != 0
+        assert f"idcfs umount {mnt}" in again.stderr
+        assert run_idcfs("umount", str(mnt)).returncode == 0
+        assert not is_mounted(mnt)
+
+
+def _stale(path) -> bool:
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        return exc.errno == 107  # ENOTCONN
+    return False
