@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 from . import __version__
 from .config import MountConfig, default_cache_dir
-from .index import BadIndex, check_index_dir, default_index_dir
+from .index import BadIndex, check_index_dir, default_index_dir, start_build
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -271,9 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = mount_config(args, parser)
         if not cfg.foreground:
             return _mount_background(cfg, argv)
+        build = start_build(cfg.index_dir, cfg.cache_dir)
         from .daemon import run
 
-        return run(cfg, ready_fd=args.ready_fd)
+        return run(cfg, ready_fd=args.ready_fd, build=build)
     except (UsageError, BadIndex) as exc:
         if args.ready_fd is not None:
             os.write(args.ready_fd, str(exc).encode())

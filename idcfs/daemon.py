@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -86,12 +87,13 @@ async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
         return
 
 
-def run(cfg: MountConfig, ready_fd: int | None = None) -> int:
+def run(cfg: MountConfig, ready_fd: int | None = None,
+        build: subprocess.Popen | None = None) -> int:
     """Mount and serve until unmounted or signalled; the exit status of the daemon."""
     setup_logging(cfg.log_level)
     started = time.monotonic()
     try:
-        tree = Tree(index.load(cfg.index_dir, cfg.cache_dir))
+        tree = Tree(index.load(cfg.index_dir, cfg.cache_dir, build))
     except index.BadIndex as exc:
         log.error("%s", exc)
         _announce(ready_fd, str(exc))

@@ -13,6 +13,7 @@ format, so a new idc-index-data release builds a new tree and an old one is neve
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -124,24 +125,21 @@ def _optional(parquet: Path, column: str, sql_type: str) -> str:
     return column if column in pq.read_schema(parquet).names else f"CAST(0 AS {sql_type})"
 
 
-def _run_starts(*columns: pa.ChunkedArray) -> np.ndarray:
-    """Rows where a run of equal values (over all the given columns) starts."""
-    n = len(columns[0])
-    new = np.zeros(n, dtype=bool)
-    if n:
-        new[0] = True
-    for col in columns:
-        arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-        if n > 1:
-            differs = pc.not_equal(arr.slice(1), arr.slice(0, n - 1))
-            new[1:] |= differs.to_numpy(zero_copy_only=False)
-    return np.flatnonzero(new).astype(np.int64)
+def _differs(column: pa.ChunkedArray) -> np.ndarray:
+    """For each row, whether its value differs from the row before (the first row always does)."""
+    arr = column.combine_chunks()
+    n = len(arr)
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        new[1:] = pc.not_equal(arr.slice(1), arr.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return new
 
 
 def _write(path: Path, table: pa.Table) -> None:
     """One record batch per file, so that the reader can map each column without copying it."""
-    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table.combine_chunks())
+    batch = pa.record_batch([c.combine_chunks() for c in table.columns], names=table.column_names)
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
 
 
 def build(parquet: Path, dest: Path) -> None:
@@ -151,23 +149,20 @@ def build(parquet: Path, dest: Path) -> None:
     started = time.monotonic()
     con = duckdb.connect(config={"threads": os.cpu_count() or 1})
     table = con.execute(_build_sql(parquet, disambiguate=False)).to_arrow_table()
-    keys = [table.column(c) for c in ("collection_id", "PatientID", "StudyInstanceUID")]
-    if len(_run_starts(*keys, table.column("series_name"))) < table.num_rows:
+    # A run of a level starts where its value or any value above it changes.
+    new = np.logical_or.accumulate([_differs(table.column(c)) for c in (
+        "collection_id", "PatientID", "StudyInstanceUID", "series_name")], axis=0)
+    if not new[3].all():
         log.warning("%s names two series of one study alike; telling them apart", parquet)
         table = con.execute(_build_sql(parquet, disambiguate=True)).to_arrow_table()
-        keys = [table.column(c) for c in ("collection_id", "PatientID", "StudyInstanceUID")]
     con.close()
-    coll, pat, study = keys
-    starts = {
-        "collections": _run_starts(coll),
-        "patients": _run_starts(coll, pat),
-        "studies": _run_starts(coll, pat, study),
-    }
+    starts = {level: np.flatnonzero(new[i]).astype(np.int64) for i, level in enumerate(LEVELS)}
+    coll, pat, study = (table.column(c) for c in ("collection_id", "PatientID", "StudyInstanceUID"))
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest.parent))
     try:
         for level, column in zip(LEVELS, (coll, pat, study)):
             s = starts[level]
-            names = column.take(pa.array(s)).combine_chunks()
+            names = column.take(pa.array(s))
             _write(tmp / f"{level}.arrow", pa.table({"name": names, "start": pa.array(s)}))
         rows = pa.table(
             {
@@ -257,29 +252,50 @@ def open_tree(path: Path) -> TreeFiles:
     )
 
 
-def load(index_dir: Path, cache_dir: Path) -> TreeFiles:
-    """Open the tree for index_dir, building it first (in a child process) if needed.
+def _tree_dir(parquet: Path, cache_dir: Path) -> Path:
+    return cache_dir / "index" / _tree_key(parquet)
 
-    The build runs in a child so that its peak memory (duckdb sorting a million rows) is returned
-    to the system when it exits, instead of staying in the long-lived daemon.
+
+def start_build(index_dir: Path, cache_dir: Path) -> subprocess.Popen | None:
+    """Start building the tree for index_dir in a child process, unless it is built already.
+
+    The build runs in a child so that its peak memory (duckdb sorting a million rows) goes back
+    to the system when it exits instead of staying in the long-lived daemon; starting it early
+    lets the daemon import its libraries while the child sorts.
     """
     parquet = check_index_dir(index_dir)
-    root = cache_dir / "index"
-    root.mkdir(parents=True, exist_ok=True)
-    dest = root / _tree_key(parquet)
-    if not (dest / "meta.json").is_file():
-        log.info("indexing %s (once per index release; a few seconds)", parquet)
-        proc = subprocess.run(
-            [sys.executable, "-m", "idcfs.index", str(parquet), str(dest)],
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+    dest = _tree_dir(parquet, cache_dir)
+    if (dest / "meta.json").is_file():
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log.info("indexing %s (once per index release; a few seconds)", parquet)
+    return subprocess.Popen(
+        [sys.executable, "-m", "idcfs.index", str(parquet), str(dest)],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def load(index_dir: Path, cache_dir: Path, build: subprocess.Popen | None = None) -> TreeFiles:
+    """Open the tree for index_dir, waiting for (or starting) its build if needed."""
+    if build is None:
+        build = start_build(index_dir, cache_dir)
+    parquet = check_index_dir(index_dir)
+    if build is not None:
+        _, stderr = build.communicate()
+        if build.returncode != 0:
+            last = (stderr.strip().splitlines() or ["unknown error"])[-1]
             raise BadIndex(f"could not index {parquet}: {last}")
-    return open_tree(dest)
+    return open_tree(_tree_dir(parquet, cache_dir))
+
+
+def _build_once(parquet: Path, dest: Path) -> None:
+    """Build unless another process did while this one waited: two mounts starting at once with
+    one cache directory build the tree once."""
+    with open(f"{dest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (dest / "meta.json").is_file():
+            build(parquet, dest)
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1]), Path(sys.argv[2]))
+    _build_once(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,131 @@
+"""Mount-time, memory and listing benchmark of idcfs over the full installed IDC index.
+
+Measures what a user feels first: how long `idcfs mount` takes to return (with an empty cache, so
+including the one-time build of the tree, and again on a remount), the daemon's memory right after
+mounting and after listing every patient of nlst, and how long `ls` takes at each level. Each `ls`
+is also run on a plain directory tree of the same names on the local disk, made in the same run,
+as the reference. Series folders are not listed (no S3 endpoint is involved).
+
+    .venv/bin/python bench/mount.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IDCFS = [sys.executable, "-m", "idcfs"]
+
+
+def step(message: str) -> None:
+    print(f"-- {message}", file=sys.stderr, flush=True)
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    out = subprocess.run(["pgrep", "-f", f"idcfs mount {mountpoint} "], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return int(out[0])
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process, in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
+def median_time(command: list[str], runs: int) -> tuple[float, float]:
+    """(first run, median of the following runs) in seconds."""
+    first = timed(command)
+    return first, statistics.median(timed(command) for _ in range(runs))
+
+
+def mount(mountpoint: Path, cache: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run([*IDCFS, "mount", str(mountpoint), "--cache-dir", str(cache),
+                    "--endpoint-url", "http://127.0.0.1:9"], check=True)
+    return time.perf_counter() - started
+
+
+def umount(mountpoint: Path) -> None:
+    subprocess.run([*IDCFS, "umount", str(mountpoint)], check=True)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-f", f"idcfs mount {mountpoint} "],
+                         capture_output=True).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs after the first")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="idcfs-bench-"))
+    mnt, cache, local = work / "mnt", work / "cache", work / "local"
+    mnt.mkdir()
+    rows = []
+    try:
+        step("first mount (empty cache: builds the tree from the full index)")
+        rows.append(("mount, empty cache (incl. tree build)", mount(mnt, cache), "s", "<= 3 s"))
+        umount(mnt)
+        step("remount (tree reused)")
+        rows.append(("mount, tree already built", mount(mnt, cache), "s", "<= 3 s"))
+        pid = daemon_pid(mnt)
+        rows.append(("daemon RSS right after mount", rss_mb(pid)[0], "MB", "<= 400 MB"))
+
+        patient = sorted(os.listdir(mnt / "nlst"))[0]
+        study = sorted(os.listdir(mnt / "nlst" / patient))[0]
+        step("making the same names as plain directories on the local disk (reference)")
+        for coll in os.listdir(mnt):
+            (local / coll).mkdir(parents=True)
+        for p in os.listdir(mnt / "nlst"):
+            (local / "nlst" / p).mkdir(exist_ok=True)
+        for s in os.listdir(mnt / "nlst" / patient):
+            for series in os.listdir(mnt / "nlst" / patient / s):
+                (local / "nlst" / patient / s / series).mkdir(parents=True, exist_ok=True)
+
+        for label, rel, target in (("ls of the root", "", "< 0.1 s"),
+                                   ("ls of nlst (26k patients)", "nlst", "< 1 s"),
+                                   ("ls -l of a study", f"nlst/{patient}/{study}", "< 0.1 s")):
+            flags = ["-l"] if label.startswith("ls -l") else []
+            step(label)
+            first, warm = median_time(["ls", *flags, str(mnt / rel)], args.runs)
+            _, ref = median_time(["ls", *flags, str(local / rel)], args.runs)
+            rows.append((f"{label}, first", first, "s", target))
+            rows.append((f"{label}, again (median)", warm, "s", f"local disk {ref:.4f} s"))
+
+        step("listing every patient directory of nlst")
+        started = time.perf_counter()
+        patients = os.listdir(mnt / "nlst")
+        for i, p in enumerate(patients):
+            os.listdir(mnt / "nlst" / p)
+            if i % 5000 == 0:
+                step(f"  {i}/{len(patients)}")
+        rows.append(("list all 26k nlst patient dirs", time.perf_counter() - started, "s", ""))
+        now, peak = rss_mb(pid)
+        rows.append(("daemon RSS after that", now, "MB", "bounded"))
+        rows.append(("daemon peak RSS", peak, "MB", "<= 400 MB"))
+        umount(mnt)
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{'measure':<44} {'value':>10}  target / reference")
+    for label, value, unit, note in rows:
+        print(f"{label:<44} {value:>8.3f} {unit:<2}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
