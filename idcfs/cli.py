@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import __version__
-from .config import MountConfig, default_cache_dir
+from .config import MountConfig, default_cache_dir, default_cache_size, parse_size
 from .index import BadIndex, check_index_dir, default_index_dir, start_build
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -40,13 +40,29 @@ class UsageError(Exception):
     """Bad input from the person at the keyboard; the message is all they need to see."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (the usage is one --help away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"idcfs: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="idcfs",
         description="Mount the NCI Imaging Data Commons as a read-only filesystem of DICOM files.",
     )
     parser.add_argument("--version", action="version", version=f"idcfs {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
 
     mount = sub.add_parser(
         "mount",
@@ -66,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--cache-dir", type=Path, metavar="DIR",
         help=f"where the index tree and series listings are kept (default: {default_cache_dir()})",
+    )
+    mount.add_argument(
+        "--cache-size", type=_size, metavar="SIZE",
+        help="bound of the disk cache, e.g. 20G (default: a quarter of the free space)",
+    )
+    mount.add_argument(
+        "--memory-cache-size", type=_size, metavar="SIZE",
+        help="bound of the in-memory block cache (default: 160M)",
     )
     mount.add_argument(
         "--max-connections", type=int, metavar="N",
@@ -95,6 +119,23 @@ def _parser() -> argparse.ArgumentParser:
 
     umount = sub.add_parser("umount", help="unmount an idcfs mount", description="Unmount MOUNTPOINT.")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+
+    cache = sub.add_parser("cache", help="inspect, clear or warm the cache",
+                           description="Inspect, clear or warm the cache.")
+    cache_sub = cache.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                     parser_class=_Parser)
+    for name, text in (("stats", "what the cache holds and how much"),
+                       ("clear", "remove cached blocks and listings")):
+        action = cache_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        action.add_argument("--cache-dir", type=Path, metavar="DIR",
+                            help=f"the cache directory (default: {default_cache_dir()})")
+    warm = cache_sub.add_parser(
+        "warm", help="read subtrees of a mount into the cache, with progress",
+        description="Read every file under each PATH (inside an idcfs mount) once, so that later "
+        "reads come from the cache.")
+    warm.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    warm.add_argument("-j", "--jobs", type=int, default=16, metavar="N",
+                      help="files read at once (default: 16)")
     return parser
 
 
@@ -213,6 +254,7 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
         raise UsageError("--max-connections must be at least 1")
     level = "DEBUG" if args.debug else (args.log_level or "INFO")
     cache_dir = _prepare_cache_dir(args.cache_dir or default_cache_dir())
+    cache_size = args.cache_size if args.cache_size is not None else default_cache_size(cache_dir)
     return MountConfig(
         mountpoint=mountpoint,
         index_dir=index_dir.resolve(),
@@ -222,6 +264,8 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
         log_level=level,
         log_file=args.log_file.resolve() if args.log_file else None,
         max_connections=args.max_connections or 64,
+        cache_size=cache_size,
+        memory_cache_size=args.memory_cache_size or MountConfig.memory_cache_size,
         fuse_options=frozenset(fuse),
     )
 
@@ -268,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "umount":
             return umount(args.mountpoint)
+        if args.command == "cache":
+            from . import cachecmd
+
+            return cachecmd.run(args)
         cfg = mount_config(args, parser)
         if not cfg.foreground:
             return _mount_background(cfg, argv)
@@ -276,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(cfg, ready_fd=args.ready_fd, build=build)
     except (UsageError, BadIndex) as exc:
-        if args.ready_fd is not None:
+        if getattr(args, "ready_fd", None) is not None:
             os.write(args.ready_fd, str(exc).encode())
         print(f"idcfs: {exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,32 @@ def default_cache_dir() -> Path:
     return Path(base) / "idcfs"
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size such as 20G, 512M, 1.5T or 1048576 (binary units, B/iB optional)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] != "" else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 20G, 512M)") from None
+    if size < 0:
+        raise ValueError(f"not a size: {text!r}")
+    return int(size)
+
+
+def default_cache_size(cache_dir: Path) -> int:
+    """A quarter of the free space where the cache lives: useful, and never the whole disk."""
+    try:
+        st = os.statvfs(cache_dir)
+    except OSError:
+        return 10 << 30
+    return st.f_bavail * st.f_frsize // 4
+
+
 @dataclass(frozen=True)
 class MountConfig:
     mountpoint: Path
@@ -23,4 +49,6 @@ class MountConfig:
     log_level: str = "INFO"
     log_file: Path | None = None
     max_connections: int = 64
+    cache_size: int = 10 << 30
+    memory_cache_size: int = 160 << 20
     fuse_options: frozenset[str] = frozenset()

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 
@@ -20,9 +21,11 @@ import trio
 
 from . import index
 from .bridge import AsyncioBridge
+from .cache import BlockCache, DiskBlocks
 from .config import MountConfig
 from .fs import Operations
 from .listings import Listings
+from .prefetch import Reader
 from .source import ObjectSource
 from .tree import Tree
 
@@ -63,6 +66,7 @@ async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, starte
             raise MountFailed(f"cannot mount {cfg.mountpoint}: {exc}") from exc
         try:
             async with trio.open_nursery() as nursery:
+                ops.reader.start(nursery)
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
                 nursery.start_soon(_ready_when_answering, cfg, ready_fd, started)
                 await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_connections * 2)
@@ -106,9 +110,13 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
     bridge.call(source.start())
     listings = Listings(lambda ref: bridge.run(source.list_series(ref.bucket, ref.prefix)),
                         cfg.cache_dir)
-    ops = Operations(
-        tree, listings, lambda bucket, key, off, n: bridge.run(source.get_range(bucket, key, off, n))
+    disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
+    threading.Thread(target=disk.scan, name="idcfs-cache-scan", daemon=True).start()
+    cache = BlockCache(
+        lambda obj, start, length: bridge.run(source.get_range(obj.bucket, obj.key, start, length)),
+        disk, cfg.memory_cache_size,
     )
+    ops = Operations(tree, listings, Reader(cache, concurrency=max(4, cfg.max_connections // 2)))
     try:
         trio.run(_serve, cfg, ops, ready_fd, started)
     except MountFailed as exc:

@@ -12,45 +12,36 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
 import pyfuse3
 
 from . import naming
+from .cache import ObjectRef
 from .listings import Listings
+from .prefetch import Reader, Stream
 from .source import SourceError
 from .tree import Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
-ReadObject = Callable[[str, str, int, int], Awaitable[bytes]]
 IMMUTABLE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class OpenFile:
-    bucket: str
-    key: str
-    size: int
-
-
 class Operations(pyfuse3.Operations):
-    """A read-only view of the tree; file bytes come from read_object(bucket, key, off, len)."""
+    """A read-only view of the tree; file bytes come through the reader (cache and prefetch)."""
 
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, listings: Listings, read_object: ReadObject) -> None:
+    def __init__(self, tree: Tree, listings: Listings, reader: Reader) -> None:
         super().__init__()
         self.tree = tree
         self.listings = listings
-        self.read_object = read_object
+        self.reader = reader
         self.uid = os.getuid()
         self.gid = os.getgid()
-        self._open: dict[int, OpenFile] = {}
+        self._open: dict[int, Stream] = {}
         self._next_fh = 1
 
     # -- attributes, in one place ------------------------------------------------------------
@@ -166,22 +157,21 @@ class Operations(pyfuse3.Operations):
         ref, listing = await self._listing(node.index)
         if node.file >= len(listing.names):
             raise pyfuse3.FUSEError(errno.ENOENT)
+        def object_at(i: int) -> ObjectRef:
+            return ObjectRef(ref.bucket, ref.prefix + listing.names[i], listing.sizes[i])
+
         fh = self._next_fh
         self._next_fh += 1
-        self._open[fh] = OpenFile(
-            ref.bucket, ref.prefix + listing.names[node.file], listing.sizes[node.file]
-        )
+        self._open[fh] = Stream(object_at(node.file))
+        self.reader.opened(ref, node.file, len(listing.names), object_at)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh, off, size):
-        f = self._open.get(fh)
-        if f is None:
+        stream = self._open.get(fh)
+        if stream is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        length = min(size, f.size - off)
-        if length <= 0:
-            return b""
         try:
-            return await self.read_object(f.bucket, f.key, off, length)
+            return await self.reader.read(stream, off, size)
         except SourceError as exc:
             log.error("%s", exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc

@@ -76,3 +76,29 @@ def mount(sample: sample_data.Sample, s3_endpoint: str,
     base = tmp_path_factory.mktemp("mount")
     with mounted(sample, base / "mnt", base / "cache", endpoint=s3_endpoint) as mnt:
         yield mnt
+
+
+@pytest.fixture(scope="session")
+def fast_s3(sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The sample's objects behind the counting read-only S3 server (tests/s3server.py)."""
+    import s3server
+
+    root = tmp_path_factory.mktemp("fast-s3")
+    s3server.write_tree(root, sample.objects)
+    port = sample_data.free_port()
+    server = s3server.start(root, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def server_counts(endpoint: str, reset: bool = False) -> dict[str, int]:
+    """Requests the counting server has answered (GET, HEAD, LIST), optionally resetting them."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{endpoint}/_stats", method="POST" if reset else "GET")
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)

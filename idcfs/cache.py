@@ -1,0 +1,347 @@
+"""The block cache: object bytes in fixed blocks, in memory and on disk, fetched once.
+
+IDC objects never change (a revised series gets a new crdc UUID), so a cached block never goes
+stale: blocks are keyed by bucket, object key and block number, never by path or version, and two
+mounts of any versions share them.
+
+On disk every block is a file written to a temporary name and renamed into place, with a trailer
+holding its length and CRC32: a block is complete and correct or absent, after `kill -9` too, and
+one damaged by the disk or a power cut (renames are not fsynced) is detected on read, deleted and
+fetched again, never served. The disk layer's size is bounded; least recently used blocks go first.
+Its accounting is built by a scan in the background, so start-up never waits for a large cache.
+
+Above it, a bounded LRU of hot blocks in memory, and single-flight fetching: concurrent readers of
+one block cause one request.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import shutil
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cachetools
+import trio
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 1 << 20
+_TRAILER = struct.Struct("<QI4s")
+_MAGIC = b"IDCB"
+_WARN_EVERY = 60.0
+_SPACE_CHECK_EVERY = 32
+_RESERVE = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """An immutable object and its size (from the series listing)."""
+
+    bucket: str
+    key: str
+    size: int
+
+    def blocks(self, block_size: int = BLOCK_SIZE) -> int:
+        return -(-self.size // block_size)
+
+
+Fetch = Callable[[ObjectRef, int, int], Awaitable[bytes]]
+
+
+class DiskBlocks:
+    """Blocks as files under <cache>/blocks, bounded by limit bytes. Thread-safe, blocking I/O."""
+
+    def __init__(self, root: Path, limit: int) -> None:
+        self.root = root / "blocks"
+        self.limit = limit
+        self._lru: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._scanned = threading.Event()
+        self._last_warning = 0.0
+        self._puts = 0
+        self.corrupt = 0
+        self.write_errors = 0
+
+    def path(self, obj: ObjectRef, index: int) -> Path:
+        digest = hashlib.sha1(f"{obj.bucket}/{obj.key}".encode()).hexdigest()
+        return self.root / digest[:2] / digest[2:4] / f"{digest}.{index}"
+
+    def scan(self) -> None:
+        """Learn what is on disk (oldest first) without holding up reads; then evict if over."""
+        found = []
+        if self.root.is_dir():
+            for dirpath, _, names in os.walk(self.root):
+                for name in names:
+                    path = os.path.join(dirpath, name)
+                    if name.startswith(".tmp-"):
+                        _unlink(path)
+                        continue
+                    try:
+                        st = os.stat(path)
+                    except FileNotFoundError:
+                        continue
+                    found.append((st.st_mtime, path, st.st_size))
+        found.sort()
+        with self._lock:
+            known = self._lru
+            self._lru = collections.OrderedDict((p, s) for _, p, s in found if p not in known)
+            self._lru.update(known)
+            self._bytes = sum(self._lru.values())
+        self._scanned.set()
+        self._evict()
+        log.info("disk cache: %d blocks, %.1f MB of %.1f MB", len(self._lru), self._bytes / 1e6,
+                 self.limit / 1e6)
+
+    def get(self, obj: ObjectRef, index: int, length: int) -> bytes | None:
+        path = self.path(obj, index)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn("cannot read cached block %s: %s", path, exc)
+            return None
+        data = _verified(raw, length)
+        if data is None:
+            self.corrupt += 1
+            log.warning("cached block %s is damaged; fetching it again", path)
+            self._forget(str(path))
+            _unlink(path)
+            return None
+        with self._lock:
+            if str(path) in self._lru:
+                self._lru.move_to_end(str(path))
+        try:
+            os.utime(path)
+        except OSError:
+            pass
+        return data
+
+    def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
+        """Store a block; a full or unwritable disk only costs the caching, with a warning."""
+        path = self.path(obj, index)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    out.write(_TRAILER.pack(len(data), zlib.crc32(data), _MAGIC))
+                os.replace(tmp, path)
+            except BaseException:
+                _unlink(tmp)
+                raise
+        except OSError as exc:
+            self.write_errors += 1
+            self._warn("cannot write to the disk cache (%s); reading on without caching", exc)
+            return
+        size = len(data) + _TRAILER.size
+        with self._lock:
+            self._bytes += size - self._lru.pop(str(path), 0)
+            self._lru[str(path)] = size
+            self._puts += 1
+            check_space = self._puts % _SPACE_CHECK_EVERY == 0
+        if check_space:
+            self._keep_disk_free()
+        self._evict()
+
+    def _keep_disk_free(self) -> None:
+        """Shrink the bound if the disk itself runs low, whatever else is filling it."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        reserve = min(_RESERVE, st.f_blocks * st.f_frsize // 20)
+        if free < reserve:
+            with self._lock:
+                self.limit = max(0, self._bytes - (reserve - free))
+            self._warn("the disk of the cache is nearly full; cache bound lowered to %.0f MB",
+                       self.limit / 1e6)
+
+    def _evict(self) -> None:
+        if not self._scanned.is_set():
+            return
+        while True:
+            with self._lock:
+                if self._bytes <= self.limit or not self._lru:
+                    return
+                path, size = self._lru.popitem(last=False)
+                self._bytes -= size
+            _unlink(path)
+
+    def _forget(self, path: str) -> None:
+        with self._lock:
+            self._bytes -= self._lru.pop(path, 0)
+
+    def _warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY:
+            self._last_warning = now
+            log.warning(message, *args)
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._lru)
+
+
+def _verified(raw: bytes, length: int) -> bytes | None:
+    if len(raw) != length + _TRAILER.size:
+        return None
+    size, crc, magic = _TRAILER.unpack_from(raw, length)
+    data = raw[:length]
+    if magic != _MAGIC or size != length or zlib.crc32(data) != crc:
+        return None
+    return data
+
+
+def _unlink(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def clear(cache_dir: Path) -> None:
+    """Remove cached blocks and listings (the index trees are local and stay)."""
+    for part in ("blocks", "listings"):
+        shutil.rmtree(cache_dir / part, ignore_errors=True)
+
+
+class BlockCache:
+    """Exact byte ranges of immutable objects, served from memory, disk or one fetch per block."""
+
+    def __init__(self, fetch: Fetch, disk: DiskBlocks | None, memory_bytes: int,
+                 block_size: int = BLOCK_SIZE) -> None:
+        self._fetch = fetch
+        self.disk = disk
+        self.block_size = block_size
+        self._memory: cachetools.LRUCache = cachetools.LRUCache(maxsize=memory_bytes, getsizeof=len)
+        self._pending: dict[tuple[str, str, int], trio.Event] = {}
+        self.stats = collections.Counter()
+
+    def _length(self, obj: ObjectRef, index: int) -> int:
+        return min(self.block_size, obj.size - index * self.block_size)
+
+    def cached_in_memory(self, obj: ObjectRef, index: int) -> bool:
+        return (obj.bucket, obj.key, index) in self._memory
+
+    async def read(self, obj: ObjectRef, offset: int, size: int) -> bytes:
+        """Exactly the bytes [offset, offset+size) clipped to the object's end."""
+        end = min(obj.size, offset + size)
+        if offset >= end:
+            return b""
+        first, last = offset // self.block_size, (end - 1) // self.block_size
+        blocks = await self.blocks(obj, first, last)
+        data = b"".join(blocks) if len(blocks) > 1 else blocks[0]
+        start = offset - first * self.block_size
+        return data[start:start + end - offset]
+
+    async def blocks(self, obj: ObjectRef, first: int, last: int) -> list[bytes]:
+        """Blocks first..last of obj; missing consecutive blocks are fetched in one request."""
+        found: dict[int, bytes] = {}
+        while len(found) < last - first + 1:
+            waiting = None
+            for i in range(first, last + 1):
+                key = (obj.bucket, obj.key, i)
+                if i in found:
+                    continue
+                data = self._memory.get(key)
+                if data is not None:
+                    found[i] = data
+                    self.stats["memory_hits"] += 1
+                elif key in self._pending and waiting is None:
+                    waiting = self._pending[key]
+            claimed = self.claim(obj, first, last)
+            if claimed:
+                found.update(await self.fill(obj, claimed))
+            elif waiting is not None:
+                await waiting.wait()
+        return [found[i] for i in range(first, last + 1)]
+
+    def claim(self, obj: ObjectRef, first: int, last: int) -> list[int]:
+        """Mark the blocks of first..last that nobody has or is getting as being got, now.
+
+        Claiming synchronously, before any await, is what makes a scheduled prefetch visible to
+        a reader that arrives before the prefetch task runs: the reader waits for it instead of
+        fetching the same block on its own. Whoever claims must call fill.
+        """
+        claimed = []
+        for i in range(first, last + 1):
+            key = (obj.bucket, obj.key, i)
+            if key not in self._memory and key not in self._pending:
+                self._pending[key] = trio.Event()
+                claimed.append(i)
+        return claimed
+
+    async def fill(self, obj: ObjectRef, claimed: list[int]) -> dict[int, bytes]:
+        """Get claimed blocks from disk or the source, and release them to waiting readers."""
+        try:
+            loaded: dict[int, bytes] = {}
+            if self.disk is not None:
+                loaded = await trio.to_thread.run_sync(self._disk_get, obj, claimed)
+                self.stats["disk_hits"] += len(loaded)
+            for run in _runs([i for i in claimed if i not in loaded]):
+                loaded.update(await self._fetch_run(obj, run[0], run[-1]))
+            for i, data in loaded.items():
+                if len(data) <= self._memory.maxsize:
+                    self._memory[(obj.bucket, obj.key, i)] = data
+            return loaded
+        finally:
+            for i in claimed:
+                self._pending.pop((obj.bucket, obj.key, i)).set()
+
+    async def _fetch_run(self, obj: ObjectRef, first: int, last: int) -> dict[int, bytes]:
+        start = first * self.block_size
+        end = min(obj.size, (last + 1) * self.block_size)
+        data = await self._fetch(obj, start, end - start)
+        self.stats["fetches"] += 1
+        self.stats["bytes_fetched"] += len(data)
+        out = {
+            i: data[(i - first) * self.block_size:(i - first + 1) * self.block_size]
+            for i in range(first, last + 1)
+        }
+        if self.disk is not None:
+            await trio.to_thread.run_sync(self._disk_put, obj, out)
+        return out
+
+    def _disk_get(self, obj: ObjectRef, indexes: list[int]) -> dict[int, bytes]:
+        found = {}
+        for i in indexes:
+            data = self.disk.get(obj, i, self._length(obj, i))
+            if data is not None:
+                found[i] = data
+        return found
+
+    def _disk_put(self, obj: ObjectRef, blocks: dict[int, bytes]) -> None:
+        for i, data in blocks.items():
+            self.disk.put(obj, i, data)
+
+
+def _runs(indexes: list[int]) -> list[list[int]]:
+    """Consecutive runs of sorted block numbers."""
+    runs: list[list[int]] = []
+    for i in indexes:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs

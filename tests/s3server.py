@@ -1,0 +1,217 @@
+"""A small, fast, read-only S3 endpoint serving a directory: <root>/<bucket>/<key>.
+
+moto is too slow to measure a filesystem against (~150 MB/s, ~180 GETs/s here, and it reads the
+whole object for every ranged GET). This serves files from disk with sendfile, answers ranged GETs,
+HEAD, ListObjectsV2 and V1 (prefix, delimiter, pagination), GetBucketLocation and ListBuckets,
+and refuses every write. Anonymous access only, path-style addressing. It counts requests, so tests
+can assert how many GETs a workload caused: GET /_stats (JSON), POST /_stats/reset.
+
+    python tests/s3server.py ROOT [--port N] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from email.utils import formatdate
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+_XMLNS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+
+
+def _error(status: int, code: str, message: str, resource: str = "") -> web.Response:
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>{escape(message)}</Message><Resource>{escape(resource)}</Resource></Error>")
+    return web.Response(status=status, body=body.encode(), content_type="application/xml")
+
+
+class Store:
+    """The served tree, indexed once at start (the data is immutable, like IDC's)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.keys: dict[str, list[str]] = {}
+        self.sizes: dict[tuple[str, str], tuple[int, float]] = {}
+        for bucket in sorted(p.name for p in root.iterdir() if p.is_dir()):
+            base = root / bucket
+            keys = []
+            for dirpath, _, names in os.walk(base):
+                for name in names:
+                    path = Path(dirpath) / name
+                    key = path.relative_to(base).as_posix()
+                    st = path.stat()
+                    keys.append(key)
+                    self.sizes[(bucket, key)] = (st.st_size, st.st_mtime)
+            self.keys[bucket] = sorted(keys)
+
+    def etag(self, bucket: str, key: str) -> str:
+        size, mtime = self.sizes[(bucket, key)]
+        return '"' + hashlib.md5(f"{bucket}/{key}/{size}/{mtime}".encode()).hexdigest() + '"'
+
+
+def _contents(store: Store, bucket: str, key: str) -> str:
+    size, mtime = store.sizes[(bucket, key)]
+    iso = datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return (f"<Contents><Key>{escape(key)}</Key><LastModified>{iso}</LastModified>"
+            f"<ETag>{escape(store.etag(bucket, key))}</ETag><Size>{size}</Size>"
+            f"<StorageClass>STANDARD</StorageClass></Contents>")
+
+
+def _list(store: Store, bucket: str, query, v2: bool) -> web.Response:
+    keys = store.keys[bucket]
+    prefix = query.get("prefix", "")
+    delimiter = query.get("delimiter", "")
+    max_keys = min(1000, int(query.get("max-keys", "1000")))
+    after = query.get("continuation-token" if v2 else "marker", "") or query.get("start-after", "")
+    i = bisect.bisect_right(keys, after) if after else bisect.bisect_left(keys, prefix)
+    contents, prefixes, last, truncated = [], [], "", False
+    while i < len(keys) and keys[i].startswith(prefix):
+        if len(contents) + len(prefixes) >= max_keys:
+            truncated = True
+            break
+        key = keys[i]
+        cut = key.find(delimiter, len(prefix)) if delimiter else -1
+        if cut >= 0:
+            common = key[:cut + len(delimiter)]
+            prefixes.append(common)
+            last = common
+            i = bisect.bisect_left(keys, common + "\U0010ffff")
+            continue
+        contents.append(key)
+        last = key
+        i += 1
+    parts = [f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult {_XMLNS}>',
+             f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix>",
+             f"<MaxKeys>{max_keys}</MaxKeys><IsTruncated>{str(truncated).lower()}</IsTruncated>"]
+    if delimiter:
+        parts.append(f"<Delimiter>{escape(delimiter)}</Delimiter>")
+    if v2:
+        parts.append(f"<KeyCount>{len(contents) + len(prefixes)}</KeyCount>")
+        if truncated:
+            parts.append(f"<NextContinuationToken>{escape(last)}</NextContinuationToken>")
+    else:
+        parts.append(f"<Marker>{escape(query.get('marker', ''))}</Marker>")
+        if truncated:
+            parts.append(f"<NextMarker>{escape(last)}</NextMarker>")
+    parts.extend(_contents(store, bucket, k) for k in contents)
+    parts.extend(f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>" for p in prefixes)
+    parts.append("</ListBucketResult>")
+    return web.Response(body="".join(parts).encode(), content_type="application/xml")
+
+
+def make_app(root: Path) -> web.Application:
+    store = Store(root)
+    counts: Counter = Counter()
+
+    async def stats(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            counts.clear()
+        return web.json_response(dict(counts))
+
+    async def service(request: web.Request) -> web.Response:
+        buckets = "".join(f"<Bucket><Name>{escape(b)}</Name><CreationDate>2020-01-01T00:00:00.000Z"
+                          f"</CreationDate></Bucket>" for b in store.keys)
+        return web.Response(body=(f'<?xml version="1.0" encoding="UTF-8"?><ListAllMyBucketsResult '
+                                  f"{_XMLNS}><Owner><ID>idc</ID></Owner><Buckets>{buckets}</Buckets>"
+                                  "</ListAllMyBucketsResult>").encode(), content_type="application/xml")
+
+    async def bucket(request: web.Request) -> web.Response:
+        name = request.match_info["bucket"]
+        if name not in store.keys:
+            return _error(404, "NoSuchBucket", "The specified bucket does not exist", name)
+        if request.method not in ("GET", "HEAD"):
+            return _error(403, "AccessDenied", "read-only endpoint", name)
+        if request.method == "HEAD":
+            return web.Response()
+        if "location" in request.query:
+            return web.Response(body=(f'<?xml version="1.0" encoding="UTF-8"?><LocationConstraint '
+                                      f"{_XMLNS}></LocationConstraint>").encode(),
+                                content_type="application/xml")
+        v2 = request.query.get("list-type") == "2"
+        counts["LIST"] += 1
+        return _list(store, name, request.query, v2)
+
+    async def obj(request: web.Request) -> web.StreamResponse:
+        name, key = request.match_info["bucket"], request.match_info["key"]
+        if request.method not in ("GET", "HEAD"):
+            return _error(403, "AccessDenied", "read-only endpoint", f"{name}/{key}")
+        if name not in store.keys:
+            return _error(404, "NoSuchBucket", "The specified bucket does not exist", name)
+        if (name, key) not in store.sizes:
+            if request.method == "HEAD":
+                return web.Response(status=404)
+            return _error(404, "NoSuchKey", "The specified key does not exist.", f"{name}/{key}")
+        counts[request.method] += 1
+        size, mtime = store.sizes[(name, key)]
+        headers = {"ETag": store.etag(name, key), "Last-Modified": formatdate(mtime, usegmt=True),
+                   "Accept-Ranges": "bytes", "Content-Type": "application/dicom"}
+        if request.method == "HEAD":
+            return web.Response(headers={**headers, "Content-Length": str(size)})
+        if request.http_range.start is not None and request.http_range.start >= size:
+            return _error(416, "InvalidRange", "The requested range is not satisfiable", key)
+        return web.FileResponse(store.root / name / key, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/_stats", stats)
+    app.router.add_route("*", "/_stats/reset", stats)
+    app.router.add_route("GET", "/", service)
+    app.router.add_route("*", "/{bucket}", bucket)
+    app.router.add_route("*", "/{bucket}/", bucket)
+    app.router.add_route("*", "/{bucket}/{key:.+}", obj)
+    return app
+
+
+def start(root: Path, port: int) -> subprocess.Popen:
+    """The server as a child process on 127.0.0.1:port, ready to answer."""
+    proc = subprocess.Popen([sys.executable, __file__, str(root), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("s3server exited at start") from None
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("s3server did not start in 30 s")
+
+
+def write_tree(root: Path, objects: dict[tuple[str, str], bytes]) -> None:
+    """Lay objects out as the server serves them."""
+    for (bucket, key), data in objects.items():
+        path = root / bucket / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="read-only S3 endpoint over a directory")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    print(f"serving {args.root} on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr,
+          flush=True)
+    web.run_app(make_app(args.root), sock=sock, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

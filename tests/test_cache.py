@@ -1,0 +1,154 @@
+"""The block cache with a counting fake source: exact bytes, one GET per block, crash safety."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import trio
+
+from idcfs.cache import BlockCache, DiskBlocks, ObjectRef, clear
+
+BS = 1024
+
+
+class CountingSource:
+    """Objects of random bytes; counts every ranged GET and can be switched off."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        rng = random.Random(5)
+        self.data = {k: bytes(rng.getrandbits(8) for _ in range(n)) for k, n in sizes.items()}
+        self.gets: list[tuple[str, int, int]] = []
+        self.down = False
+
+    def ref(self, key: str) -> ObjectRef:
+        return ObjectRef("idc-open-data", key, len(self.data[key]))
+
+    async def __call__(self, obj: ObjectRef, start: int, length: int) -> bytes:
+        if self.down:
+            raise ConnectionError("endpoint down")
+        self.gets.append((obj.key, start, length))
+        await trio.sleep(0.01)
+        return self.data[obj.key][start:start + length]
+
+
+@pytest.fixture
+def source():
+    return CountingSource({"big": 10 * BS + 17, "small": 300})
+
+
+def make(source, tmp_path, limit=1 << 30, memory=1 << 20) -> BlockCache:
+    disk = DiskBlocks(tmp_path, limit)
+    disk.scan()
+    return BlockCache(source, disk, memory, block_size=BS)
+
+
+def test_any_range_reads_back_exactly(source, tmp_path):
+    cache = make(source, tmp_path)
+    data = source.data["big"]
+    rng = random.Random(2)
+
+    async def main():
+        for _ in range(300):
+            off, size = rng.randrange(0, len(data) + 5), rng.randrange(0, 4 * BS)
+            assert await cache.read(source.ref("big"), off, size) == data[off:off + size]
+
+    trio.run(main)
+
+
+def test_consecutive_missing_blocks_come_in_one_get(source, tmp_path):
+    cache = make(source, tmp_path)
+    trio.run(cache.read, source.ref("big"), 0, 5 * BS)
+    assert source.gets == [("big", 0, 5 * BS)]
+
+
+def test_concurrent_readers_of_a_block_cause_one_get(source, tmp_path):
+    cache = make(source, tmp_path)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(cache.read, source.ref("big"), 3 * BS + 5, 100)
+
+    trio.run(main)
+    assert source.gets == [("big", 3 * BS, BS)]
+
+
+def test_blocks_survive_a_new_cache_and_serve_with_the_source_down(source, tmp_path):
+    trio.run(make(source, tmp_path).read, source.ref("big"), 0, 20 * BS)
+    source.down = True
+    again = make(source, tmp_path)
+    assert trio.run(again.read, source.ref("big"), 0, 20 * BS) == source.data["big"]
+    assert again.stats["disk_hits"] == 11
+
+
+def test_a_corrupted_block_on_disk_is_fetched_again_not_served(source, tmp_path):
+    cache = make(source, tmp_path)
+    obj = source.ref("big")
+    trio.run(cache.read, obj, 0, BS)
+    path = cache.disk.path(obj, 0)
+    raw = bytearray(path.read_bytes())
+    raw[10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    fresh = make(source, tmp_path)
+    assert trio.run(fresh.read, obj, 0, BS) == source.data["big"][:BS]
+    assert fresh.disk.corrupt == 1 and len(source.gets) == 2
+
+
+def test_a_truncated_block_on_disk_is_fetched_again(source, tmp_path):
+    cache = make(source, tmp_path)
+    obj = source.ref("big")
+    trio.run(cache.read, obj, 0, BS)
+    path = cache.disk.path(obj, 0)
+    path.write_bytes(path.read_bytes()[:100])
+    fresh = make(source, tmp_path)
+    assert trio.run(fresh.read, obj, 0, BS) == source.data["big"][:BS]
+    assert fresh.disk.corrupt == 1
+
+
+def test_leftover_temporary_files_of_a_killed_daemon_are_removed(source, tmp_path):
+    cache = make(source, tmp_path)
+    trio.run(cache.read, source.ref("big"), 0, BS)
+    leftover = cache.disk.path(source.ref("big"), 0).parent / ".tmp-abc"
+    leftover.write_bytes(b"partial")
+    make(source, tmp_path)
+    assert not leftover.exists()
+
+
+def test_the_disk_cache_never_exceeds_its_bound_and_drops_the_oldest(source, tmp_path):
+    limit = 4 * (BS + 16)
+    cache = make(source, tmp_path, limit=limit, memory=0)
+    obj = source.ref("big")
+    for i in range(8):
+        trio.run(cache.read, obj, i * BS, 1)
+        on_disk = sum(p.stat().st_size for p in (tmp_path / "blocks").rglob("*") if p.is_file())
+        assert on_disk <= limit
+    assert not cache.disk.path(obj, 0).exists() and cache.disk.path(obj, 7).exists()
+
+
+def test_memory_holds_at_most_its_bound(source, tmp_path):
+    cache = BlockCache(source, None, 3 * BS, block_size=BS)
+    trio.run(cache.read, source.ref("big"), 0, 10 * BS)
+    assert cache._memory.currsize <= 3 * BS
+
+
+def test_an_unwritable_disk_still_serves_reads(source, tmp_path):
+    (tmp_path / "blocks").write_text("not a directory")
+    cache = make(source, tmp_path)
+    assert trio.run(cache.read, source.ref("big"), 0, 3 * BS) == source.data["big"][:3 * BS]
+    assert cache.disk.write_errors > 0
+
+
+def test_blocks_are_keyed_by_object_so_two_caches_share_them(source, tmp_path):
+    trio.run(make(source, tmp_path).read, source.ref("small"), 0, 300)
+    second = make(source, tmp_path)
+    trio.run(second.read, source.ref("small"), 0, 300)
+    assert len(source.gets) == 1
+
+
+def test_clear_empties_blocks(source, tmp_path):
+    trio.run(make(source, tmp_path).read, source.ref("small"), 0, 300)
+    clear(tmp_path)
+    assert not (tmp_path / "blocks").exists()
+    os.makedirs(tmp_path / "blocks")

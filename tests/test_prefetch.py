@@ -1,0 +1,126 @@
+"""Readahead and series prefetch, counted at a fake source."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from idcfs import prefetch
+from idcfs.cache import BlockCache, ObjectRef
+from idcfs.prefetch import Reader, Stream
+from test_cache import BS, CountingSource
+
+
+@pytest.fixture(autouse=True)
+def small_units(monkeypatch):
+    """Scale the policy to 1 KiB blocks so tests use small objects."""
+    monkeypatch.setattr(prefetch, "WHOLE_OBJECT_LIMIT", 4 * BS)
+    monkeypatch.setattr(prefetch, "READAHEAD_START", BS)
+    monkeypatch.setattr(prefetch, "READAHEAD_CAP", 16 * BS)
+    monkeypatch.setattr(prefetch, "READAHEAD_CHUNK_BLOCKS", 4)
+    monkeypatch.setattr(prefetch, "SERIES_AHEAD_BYTES", 50 * BS)
+
+
+def run_with_reader(source, body, memory=1 << 22):
+    async def main():
+        cache = BlockCache(source, None, memory, block_size=BS)
+        reader = Reader(cache, concurrency=8)
+        async with trio.open_nursery() as nursery:
+            reader.start(nursery)
+            result = await body(reader)
+            await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+        return result
+
+    return trio.run(main)
+
+
+def test_a_small_object_comes_in_one_get_however_it_is_read():
+    source = CountingSource({"slice": 3 * BS + 10})
+
+    async def body(reader):
+        stream = Stream(source.ref("slice"))
+        parts = [await reader.read(stream, off, 128) for off in range(0, 3 * BS + 10, 128)]
+        return b"".join(parts)
+
+    assert run_with_reader(source, body) == source.data["slice"]
+    assert source.gets == [("slice", 0, 3 * BS + 10)]
+
+
+def test_sequential_reads_of_a_large_object_read_ahead_in_parallel_chunks():
+    source = CountingSource({"wsi": 64 * BS})
+
+    async def body(reader):
+        stream = Stream(source.ref("wsi"))
+        out = []
+        for off in range(0, 64 * BS, BS // 2):
+            out.append(await reader.read(stream, off, BS // 2))
+        return b"".join(out)
+
+    assert run_with_reader(source, body) == source.data["wsi"]
+    # Far fewer GETs than blocks, and the readahead chunks are several blocks long.
+    assert len(source.gets) < 64 // 2
+    assert max(length for _, _, length in source.gets) == 4 * BS
+    covered = sorted((start, start + length) for _, start, length in source.gets)
+    assert all(a[1] <= b[0] for a, b in zip(covered, covered[1:])), "a block was fetched twice"
+
+
+def test_random_reads_fetch_only_their_blocks():
+    source = CountingSource({"wsi": 64 * BS})
+    offsets = [40 * BS + 3, 7 * BS, 22 * BS + 100, 60 * BS]
+
+    async def body(reader):
+        stream = Stream(source.ref("wsi"))
+        return [await reader.read(stream, off, 64) for off in offsets]
+
+    data = run_with_reader(source, body)
+    assert data == [source.data["wsi"][o:o + 64] for o in offsets]
+    assert sorted(start for _, start, _ in source.gets) == sorted((o // BS) * BS for o in offsets)
+
+
+def _series(n: int) -> tuple[CountingSource, list[ObjectRef]]:
+    source = CountingSource({f"s/{i:03}.dcm": BS + i for i in range(n)})
+    return source, [source.ref(f"s/{i:03}.dcm") for i in range(n)]
+
+
+def test_reading_a_series_file_by_file_fetches_the_rest_ahead():
+    source, objs = _series(30)
+
+    async def body(reader):
+        for i in range(2):
+            reader.opened("series", i, len(objs), objs.__getitem__)
+            await reader.read(Stream(objs[i]), 0, objs[i].size)
+        await trio.sleep(0.3)
+        before = len(source.gets)
+        for i in range(2, 30):
+            reader.opened("series", i, len(objs), objs.__getitem__)
+            assert await reader.read(Stream(objs[i]), 0, objs[i].size) == source.data[objs[i].key]
+        return before
+
+    fetched_before_reading_on = run_with_reader(source, body)
+    assert fetched_before_reading_on == 30
+    assert sorted(k for k, _, _ in source.gets) == sorted(o.key for o in objs)
+
+
+def test_opening_one_file_of_a_series_prefetches_only_a_little():
+    source, objs = _series(30)
+
+    async def body(reader):
+        reader.opened("series", 5, len(objs), objs.__getitem__)
+        await reader.read(Stream(objs[5]), 0, 10)
+
+    run_with_reader(source, body)
+    assert sorted(k for k, _, _ in source.gets) == [o.key for o in objs[5:8]]
+
+
+def test_series_prefetch_stays_within_its_byte_budget():
+    source, objs = _series(200)
+
+    async def body(reader):
+        for i in range(2):
+            reader.opened("series", i, len(objs), objs.__getitem__)
+
+    run_with_reader(source, body)
+    fetched = sum(length for _, _, length in source.gets)
+    assert fetched <= prefetch.SERIES_AHEAD_BYTES + objs[-1].size + 3 * BS
+    assert len(source.gets) < 200
