@@ -17,6 +17,7 @@ one block cause one request.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -70,6 +71,7 @@ class DiskBlocks:
         self._scanned = threading.Event()
         self._last_warning = 0.0
         self._puts = 0
+        self._dirs: set[Path] = set()
         self.corrupt = 0
         self.write_errors = 0
 
@@ -103,6 +105,15 @@ class DiskBlocks:
         log.info("disk cache: %d blocks, %.1f MB of %.1f MB", len(self._lru), self._bytes / 1e6,
                  self.limit / 1e6)
 
+    def known_absent(self, obj: ObjectRef, index: int) -> bool:
+        """True when the block is not on disk as far as this mount knows (the scan is done and
+        never saw it, and this mount did not write it). Lets a cold read skip a disk probe; a
+        block another mount wrote since is fetched again, which costs a request, not a byte."""
+        if not self._scanned.is_set():
+            return False
+        with self._lock:
+            return str(self.path(obj, index)) not in self._lru
+
     def get(self, obj: ObjectRef, index: int, length: int) -> bytes | None:
         path = self.path(obj, index)
         try:
@@ -133,8 +144,14 @@ class DiskBlocks:
         """Store a block; a full or unwritable disk only costs the caching, with a warning."""
         path = self.path(obj, index)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            if path.parent not in self._dirs:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._dirs.add(path.parent)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            except FileNotFoundError:  # `idcfs cache clear` removed it under a live mount
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
@@ -226,6 +243,47 @@ def clear(cache_dir: Path) -> None:
         shutil.rmtree(cache_dir / part, ignore_errors=True)
 
 
+class WriteBehind:
+    """Writes fetched blocks to disk off the read path, in a bounded queue.
+
+    A reader never waits for the disk: fetched blocks are served from memory at once and written
+    by a background thread. If the disk falls behind by more than the bound, blocks are not
+    written (counted as skipped): they are immutable, so the cost is a fetch later, not a wrong
+    byte, and memory stays bounded.
+    """
+
+    def __init__(self, disk: DiskBlocks, limit: int = 64 << 20) -> None:
+        self.disk = disk
+        self.limit = limit
+        self._queued = 0
+        self._lock = threading.Condition()
+        self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="idcfs-disk")
+        self.skipped = 0
+
+    def submit(self, obj: ObjectRef, blocks: dict[int, bytes]) -> None:
+        size = sum(map(len, blocks.values()))
+        with self._lock:
+            if self._queued + size > self.limit:
+                self.skipped += len(blocks)
+                return
+            self._queued += size
+        self._pool.submit(self._write, obj, blocks, size)
+
+    def _write(self, obj: ObjectRef, blocks: dict[int, bytes], size: int) -> None:
+        try:
+            for i, data in blocks.items():
+                self.disk.put(obj, i, data)
+        finally:
+            with self._lock:
+                self._queued -= size
+                self._lock.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every queued block is on disk (at unmount, so what was fetched is kept)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._queued == 0)
+
+
 class BlockCache:
     """Exact byte ranges of immutable objects, served from memory, disk or one fetch per block."""
 
@@ -233,6 +291,7 @@ class BlockCache:
                  block_size: int = BLOCK_SIZE) -> None:
         self._fetch = fetch
         self.disk = disk
+        self.writer = WriteBehind(disk) if disk is not None else None
         self.block_size = block_size
         self._memory: cachetools.LRUCache = cachetools.LRUCache(maxsize=memory_bytes, getsizeof=len)
         self._pending: dict[tuple[str, str, int], trio.Event] = {}
@@ -296,8 +355,10 @@ class BlockCache:
         """Get claimed blocks from disk or the source, and release them to waiting readers."""
         try:
             loaded: dict[int, bytes] = {}
-            if self.disk is not None:
-                loaded = await trio.to_thread.run_sync(self._disk_get, obj, claimed)
+            on_disk = [i for i in claimed
+                       if self.disk is not None and not self.disk.known_absent(obj, i)]
+            if on_disk:
+                loaded = await trio.to_thread.run_sync(self._disk_get, obj, on_disk)
                 self.stats["disk_hits"] += len(loaded)
             for run in _runs([i for i in claimed if i not in loaded]):
                 loaded.update(await self._fetch_run(obj, run[0], run[-1]))
@@ -319,8 +380,8 @@ class BlockCache:
             i: data[(i - first) * self.block_size:(i - first + 1) * self.block_size]
             for i in range(first, last + 1)
         }
-        if self.disk is not None:
-            await trio.to_thread.run_sync(self._disk_put, obj, out)
+        if self.writer is not None:
+            self.writer.submit(obj, out)
         return out
 
     def _disk_get(self, obj: ObjectRef, indexes: list[int]) -> dict[int, bytes]:
@@ -331,9 +392,6 @@ class BlockCache:
                 found[i] = data
         return found
 
-    def _disk_put(self, obj: ObjectRef, blocks: dict[int, bytes]) -> None:
-        for i, data in blocks.items():
-            self.disk.put(obj, i, data)
 
 
 def _runs(indexes: list[int]) -> list[list[int]]:

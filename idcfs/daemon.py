@@ -32,6 +32,7 @@ from .tree import Tree
 log = logging.getLogger("idcfs")
 
 STOP_GRACE_SECONDS = 5
+READ_AHEAD_KB = 4096
 BASE_FUSE_OPTIONS = {"fsname=idcfs", "subtype=idcfs", "ro", "default_permissions"}
 
 
@@ -76,9 +77,25 @@ async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, starte
 
 
 async def _ready_when_answering(cfg: MountConfig, ready_fd: int | None, started: float) -> None:
-    await trio.to_thread.run_sync(os.stat, cfg.mountpoint)
+    st = await trio.to_thread.run_sync(os.stat, cfg.mountpoint)
+    _raise_readahead(st.st_dev)
     log.info("mounted %s in %.2f s", cfg.mountpoint, time.monotonic() - started)
     _announce(ready_fd, "ready")
+
+
+def _raise_readahead(device: int) -> None:
+    """Let the kernel read ahead (and so send reads of up to 1 MiB) instead of 128 KiB a time.
+
+    Every FUSE request costs a trip through Python; the default readahead of a FUSE mount splits
+    a sequential read into 128 KiB requests, eight times as many as needed. Only root may raise it
+    (through the mount's backing device in sysfs); others keep the kernel's default.
+    """
+    path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.debug("kernel readahead left at its default (%s: %s)", path, exc.strerror)
 
 
 async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
@@ -126,5 +143,7 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
     finally:
         bridge.call(source.close())
         bridge.stop()
+        if cache.writer is not None:
+            cache.writer.drain()
     log.info("unmounted %s", cfg.mountpoint)
     return 0

@@ -20,7 +20,9 @@ times their size), not per open file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,8 +38,10 @@ WHOLE_OBJECT_LIMIT = 8 << 20
 READAHEAD_START = 1 << 20
 READAHEAD_CAP = 64 << 20
 READAHEAD_CHUNK_BLOCKS = 8
+SEQUENTIAL_SLACK = 8 << 20
 SERIES_FIRST_AHEAD = 2
 SERIES_AHEAD_BYTES = 128 << 20
+IN_FLIGHT_BYTES = 64 << 20
 
 
 @dataclass(slots=True)
@@ -56,18 +60,56 @@ class _SeriesState:
     scheduled_until: int = 0
 
 
+class _InFlight:
+    """The per-mount bound on background fetches: how many at once, and how many blocks.
+
+    Blocks are taken under a lock, so two fetches can never each hold part of what they need
+    and wait for the other (the holder of the lock only waits for fetches that are running).
+    """
+
+    def __init__(self, requests: int, blocks: int) -> None:
+        self._requests = trio.CapacityLimiter(requests)
+        self._blocks = trio.Semaphore(blocks)
+        self._total = blocks
+        self._lock = trio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def take(self, blocks: int):
+        blocks = min(blocks, self._total)
+        async with self._requests:
+            async with self._lock:
+                for _ in range(blocks):
+                    await self._blocks.acquire()
+            try:
+                yield
+            finally:
+                for _ in range(blocks):
+                    self._blocks.release()
+
+
 class Reader:
     """Demand reads through the block cache, with readahead and series prefetch in background."""
 
-    def __init__(self, cache: BlockCache, concurrency: int = 32) -> None:
+    def __init__(self, cache: BlockCache, concurrency: int = 32,
+                 in_flight_bytes: int = IN_FLIGHT_BYTES) -> None:
         self.cache = cache
-        self._limiter = trio.CapacityLimiter(concurrency)
+        self.concurrency = concurrency
+        self._in_flight = _InFlight(concurrency, max(1, in_flight_bytes // cache.block_size))
         self._series: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
+        self._send, self._receive = trio.open_memory_channel(math.inf)
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Background fetches run in nursery; without one, the Reader only reads on demand."""
+        """Start the fetch workers in nursery; without them, the Reader only reads on demand.
+
+        Background fetches go through one FIFO queue served by a fixed set of workers, so they
+        happen in the order they were asked for (the order the reader will want them): trio
+        schedules runnable tasks in a deliberately random order, and a task per fetch would
+        fetch a series' files in random order.
+        """
         self._nursery = nursery
+        for _ in range(self.concurrency):
+            nursery.start_soon(self._worker)
 
     async def read(self, stream: Stream, offset: int, size: int) -> bytes:
         obj = stream.obj
@@ -83,13 +125,15 @@ class Reader:
     def _read_ahead(self, stream: Stream, offset: int, size: int) -> None:
         """Like the kernel's readahead: when the reader gets within half a window of the end of
         what is already coming, ask for the next window (in parallel chunks) and double it."""
-        sequential = offset == stream.next_offset and offset > 0
-        stream.next_offset = offset + size
+        # The kernel's own readahead keeps several requests in flight, and they may arrive out
+        # of order: a read near where the stream is counts as sequential, a far one as random.
+        sequential = stream.next_offset > 0 and abs(offset - stream.next_offset) <= SEQUENTIAL_SLACK
+        stream.next_offset = max(stream.next_offset, offset + size) if sequential else offset + size
         if not sequential or self._nursery is None:
             stream.window = stream.ahead_until = 0
             return
         bs = self.cache.block_size
-        reading = (offset + size - 1) // bs
+        reading = (stream.next_offset - 1) // bs
         if not stream.window:
             stream.window, stream.ahead_until = READAHEAD_START, reading + 1
         if (stream.ahead_until - reading - 1) * bs > stream.window // 2:
@@ -120,18 +164,26 @@ class Reader:
         for i in range(start, min(limit, count)):
             obj = object_at(i)
             if obj.size <= WHOLE_OBJECT_LIMIT:
-                self._prefetch(obj, 0, obj.blocks(self.cache.block_size) - 1)
+                self._prefetch(obj, 0, obj.blocks(self.cache.block_size) - 1, claim_now=False)
         state.scheduled_until = max(state.scheduled_until, min(limit, count))
 
-    def _prefetch(self, obj: ObjectRef, first: int, last: int) -> None:
-        claimed = self.cache.claim(obj, first, last)
-        if claimed:
-            self._nursery.start_soon(self._fill, obj, claimed)
+    def _prefetch(self, obj: ObjectRef, first: int, last: int, claim_now: bool = True) -> None:
+        """Queue a background fetch. Readahead claims its blocks at once, so that a reader who
+        arrives first waits for it instead of fetching a fragment alone; series prefetch claims
+        when a worker gets to it, so a file queued far back never holds up its reader."""
+        claimed = self.cache.claim(obj, first, last) if claim_now else None
+        if claimed != []:
+            self._send.send_nowait((obj, first, last, claimed))
 
-    async def _fill(self, obj: ObjectRef, claimed: list[int]) -> None:
-        try:
-            async with self._limiter:
-                await self.cache.fill(obj, claimed)
-            self.cache.stats["prefetched_blocks"] += len(claimed)
-        except SourceError as exc:
-            log.debug("prefetch failed (a reader will retry): %s", exc)
+    async def _worker(self) -> None:
+        async for obj, first, last, claimed in self._receive:
+            if claimed is None:
+                claimed = self.cache.claim(obj, first, last)
+            if not claimed:
+                continue
+            try:
+                async with self._in_flight.take(len(claimed)):
+                    await self.cache.fill(obj, claimed)
+                self.cache.stats["prefetched_blocks"] += len(claimed)
+            except SourceError as exc:
+                log.debug("prefetch failed (a reader will retry): %s", exc)

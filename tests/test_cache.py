@@ -38,10 +38,19 @@ def source():
     return CountingSource({"big": 10 * BS + 17, "small": 300})
 
 
+class DrainingCache(BlockCache):
+    """The cache, with its write-behind drained after each read so tests can look at the disk."""
+
+    async def read(self, obj, offset, size):
+        data = await super().read(obj, offset, size)
+        self.writer.drain()
+        return data
+
+
 def make(source, tmp_path, limit=1 << 30, memory=1 << 20) -> BlockCache:
     disk = DiskBlocks(tmp_path, limit)
     disk.scan()
-    return BlockCache(source, disk, memory, block_size=BS)
+    return DrainingCache(source, disk, memory, block_size=BS)
 
 
 def test_any_range_reads_back_exactly(source, tmp_path):
@@ -152,3 +161,14 @@ def test_clear_empties_blocks(source, tmp_path):
     clear(tmp_path)
     assert not (tmp_path / "blocks").exists()
     os.makedirs(tmp_path / "blocks")
+
+
+def test_blocks_the_disk_cannot_keep_up_with_are_skipped_not_queued_without_bound(source, tmp_path):
+    disk = DiskBlocks(tmp_path, 1 << 30)
+    disk.scan()
+    cache = BlockCache(source, disk, 1 << 20, block_size=BS)
+    cache.writer.limit = BS // 2
+    assert trio.run(cache.read, source.ref("big"), 0, 3 * BS) == source.data["big"][:3 * BS]
+    cache.writer.drain()
+    assert cache.writer.skipped == 3
+    assert not any(p.is_file() for p in (tmp_path / "blocks").rglob("*"))

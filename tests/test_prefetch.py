@@ -18,6 +18,7 @@ def small_units(monkeypatch):
     monkeypatch.setattr(prefetch, "READAHEAD_START", BS)
     monkeypatch.setattr(prefetch, "READAHEAD_CAP", 16 * BS)
     monkeypatch.setattr(prefetch, "READAHEAD_CHUNK_BLOCKS", 4)
+    monkeypatch.setattr(prefetch, "SEQUENTIAL_SLACK", 2 * BS)
     monkeypatch.setattr(prefetch, "SERIES_AHEAD_BYTES", 50 * BS)
 
 
@@ -67,7 +68,7 @@ def test_sequential_reads_of_a_large_object_read_ahead_in_parallel_chunks():
 
 def test_random_reads_fetch_only_their_blocks():
     source = CountingSource({"wsi": 64 * BS})
-    offsets = [40 * BS + 3, 7 * BS, 22 * BS + 100, 60 * BS]
+    offsets = [40 * BS + 3, 7 * BS, 22 * BS + 100, 60 * BS, 50 * BS]
 
     async def body(reader):
         stream = Stream(source.ref("wsi"))
@@ -124,3 +125,16 @@ def test_series_prefetch_stays_within_its_byte_budget():
     fetched = sum(length for _, _, length in source.gets)
     assert fetched <= prefetch.SERIES_AHEAD_BYTES + objs[-1].size + 3 * BS
     assert len(source.gets) < 200
+
+
+def test_reads_arriving_slightly_out_of_order_still_count_as_sequential():
+    source = CountingSource({"wsi": 64 * BS})
+    order = [0, 1, 3, 2, 4, 6, 5, 7, 9, 8] + list(range(10, 64))
+
+    async def body(reader):
+        stream = Stream(source.ref("wsi"))
+        return {i: await reader.read(stream, i * BS, BS) for i in order}
+
+    got = run_with_reader(source, body)
+    assert b"".join(got[i] for i in range(64)) == source.data["wsi"]
+    assert len(source.gets) < 32
