@@ -22,7 +22,9 @@ test: dev
 	$(VENV)/bin/python -m pytest -q
 
 bench: dev
+	@command -v s3fs >/dev/null && command -v rclone >/dev/null || apt-get install -y -qq s3fs rclone
 	$(VENV)/bin/python bench/mount.py
+	$(VENV)/bin/python bench/peers.py --latency 0,20
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

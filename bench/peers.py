@@ -168,7 +168,10 @@ class Mount:
     def rss(self) -> float:
         return peak_rss_mb(self.pattern)
 
-    def close(self) -> None:
+    def __enter__(self) -> "Mount":
+        return self
+
+    def __exit__(self, *exc) -> None:
         subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
         deadline = time.monotonic() + 10
         while subprocess.run(["pgrep", "-f", self.pattern], capture_output=True).returncode == 0 \
@@ -219,12 +222,9 @@ def measure(latency: int, endpoint: str, work: Path, meta: dict, results: list) 
     ct_bytes = meta["ct"]["bytes"]
     # Cold copy of a CT series.
     for tool in ("idcfs", "s3fs", "rclone"):
-        m = Mount(tool, endpoint, work, meta)
-        try:
+        with Mount(tool, endpoint, work, meta) as m:
             record("cold cp -r of a 292-file CT series", tool,
                    run(["cp", "-r", str(m.series()), str(fresh("copy"))]), ct_bytes, m.rss())
-        finally:
-            m.close()
     record("cold cp -r of a 292-file CT series", "s5cmd",
            run([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url", endpoint, "cp",
                 f"s3://{BUCKET}/{meta['ct']['uuid']}/*", f"{fresh('copy')}/"]), ct_bytes)
@@ -234,8 +234,7 @@ def measure(latency: int, endpoint: str, work: Path, meta: dict, results: list) 
 
     # Cold sequential read of 1 GiB, then warm re-reads through idcfs.
     for tool in ("idcfs", "s3fs", "rclone"):
-        m = Mount(tool, endpoint, work, meta)
-        try:
+        with Mount(tool, endpoint, work, meta) as m:
             record("cold sequential read of 1 GiB", tool, dd(m.big()), BIG_SIZE, m.rss())
             if tool == "idcfs":
                 record("warm re-read of 1 GiB (page cache)", tool, dd(m.big()), BIG_SIZE, m.rss())
@@ -245,8 +244,6 @@ def measure(latency: int, endpoint: str, work: Path, meta: dict, results: list) 
                 drop_caches()
                 record("warm cp -r of the series (disk cache)", tool,
                        run(["cp", "-r", str(m.series()), str(fresh("copy"))]), ct_bytes, m.rss())
-        finally:
-            m.close()
     record("cold sequential read of 1 GiB", "s5cmd",
            run([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url", endpoint, "cp",
                 f"s3://{BUCKET}/{meta['sm']['key']}", str(fresh("big.dcm"))]), BIG_SIZE)
@@ -258,20 +255,14 @@ def measure(latency: int, endpoint: str, work: Path, meta: dict, results: list) 
 
     # Random 64 KiB reads, pydicom header scan, recursive listing: fresh mounts, cold.
     for tool in ("idcfs", "s3fs", "rclone"):
-        m = Mount(tool, endpoint, work, meta)
-        try:
+        with Mount(tool, endpoint, work, meta) as m:
             record(f"{RANDOM_READS} random 64 KiB reads in 1 GiB", tool, random_reads(m.big()), 0, m.rss())
             record("pydicom header scan of the series", tool, header_scan(m.series()), 0, m.rss())
-        finally:
-            m.close()
-        m = Mount(tool, endpoint, work, meta)
-        try:
+        with Mount(tool, endpoint, work, meta) as m:
             record("ls -lR of a patient (cold)", tool,
                    run(["ls", "-lR", str(m.listing_root())]), 0, m.rss())
             record("find -name '*.dcm' (again)", tool,
                    run(["find", str(m.listing_root()), "-name", "*.dcm"]), 0, m.rss())
-        finally:
-            m.close()
     record(f"{RANDOM_READS} random 64 KiB reads in 1 GiB", "aiobotocore",
            run([sys.executable, str(ROOT / "bench" / "ceiling.py"), "random", endpoint, BUCKET,
                 meta["sm"]["key"], str(RANDOM_READS), "3"]))
@@ -281,7 +272,7 @@ def table(results: list) -> str:
     lines = []
     for latency in sorted({r["latency_ms"] for r in results}):
         lines.append(f"\n### {latency} ms per request\n")
-        lines.append("| workload | tool | seconds | MB/s | peak RSS MB | vs idcfs |")
+        lines.append("| workload | tool | seconds | MB/s | peak RSS MB | tool's time / idcfs's |")
         lines.append("| --- | --- | ---: | ---: | ---: | ---: |")
         rows = [r for r in results if r["latency_ms"] == latency]
         for r in rows:

@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     mount.add_argument(
         "--memory-cache-size", type=_size, metavar="SIZE",
-        help="bound of the in-memory block cache (default: 128M)",
+        help="bound of the in-memory block cache (default: 96M)",
     )
     mount.add_argument(
         "--max-connections", type=int, metavar="N",

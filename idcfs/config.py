@@ -50,5 +50,5 @@ class MountConfig:
     log_file: Path | None = None
     max_connections: int = 64
     cache_size: int = 10 << 30
-    memory_cache_size: int = 128 << 20
+    memory_cache_size: int = 96 << 20
     fuse_options: frozenset[str] = frozenset()

@@ -172,10 +172,9 @@ def make_app(root: Path) -> web.Application:
     return app
 
 
-def start(root: Path, port: int) -> subprocess.Popen:
-    """The server as a child process on 127.0.0.1:port, ready to answer."""
-    proc = subprocess.Popen([sys.executable, __file__, str(root), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start_listening(command: list[str], port: int, name: str) -> subprocess.Popen:
+    """Start a server process and return once it accepts connections on 127.0.0.1:port."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -183,10 +182,16 @@ def start(root: Path, port: int) -> subprocess.Popen:
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("s3server exited at start") from None
+                raise RuntimeError(f"{name} exited at start") from None
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError("s3server did not start in 30 s")
+    raise RuntimeError(f"{name} did not start in 30 s")
+
+
+def start(root: Path, port: int) -> subprocess.Popen:
+    """This server as a child process on 127.0.0.1:port, ready to answer."""
+    return start_listening([sys.executable, __file__, str(root), "--port", str(port)], port,
+                           "s3server")
 
 
 def write_tree(root: Path, objects: dict[tuple[str, str], bytes]) -> None:

@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import pydicom
 from botocore.config import Config
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
+from s3server import start_listening
 
 REAL_INDEX = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
 BUCKETS = ("idc-open-data", "idc-open-data-two", "idc-open-data-cr")
@@ -68,22 +68,8 @@ def free_port() -> int:
 
 def start_moto(port: int) -> subprocess.Popen:
     """A moto S3 server on 127.0.0.1:port, ready to answer."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("moto server exited at start")
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto server did not start in 30 s")
+    return start_listening([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                           port, "moto server")
 
 
 def _select_real_rows() -> list[dict]:
