@@ -141,38 +141,52 @@ class DiskBlocks:
         return data
 
     def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
-        """Store a block; a full or unwritable disk only costs the caching, with a warning."""
+        """Store a block; a full or unwritable disk only costs the caching, with a warning.
+
+        Room is made before the block is written (its size reserved, older blocks evicted), so
+        the blocks on disk, finished or being written, never add up to more than the bound.
+        """
         path = self.path(obj, index)
-        try:
-            if path.parent not in self._dirs:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._dirs.add(path.parent)
-            try:
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            except FileNotFoundError:  # `idcfs cache clear` removed it under a live mount
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                    out.write(_TRAILER.pack(len(data), zlib.crc32(data), _MAGIC))
-                os.replace(tmp, path)
-            except BaseException:
-                _unlink(tmp)
-                raise
-        except OSError as exc:
-            self.write_errors += 1
-            self._warn("cannot write to the disk cache (%s); reading on without caching", exc)
-            return
         size = len(data) + _TRAILER.size
+        if size > self.limit:
+            return
         with self._lock:
-            self._bytes += size - self._lru.pop(str(path), 0)
-            self._lru[str(path)] = size
+            if str(path) in self._lru:
+                return
+            self._bytes += size
             self._puts += 1
             check_space = self._puts % _SPACE_CHECK_EVERY == 0
         if check_space:
             self._keep_disk_free()
         self._evict()
+        try:
+            self._write(path, data)
+        except OSError as exc:
+            with self._lock:
+                self._bytes -= size
+            self.write_errors += 1
+            self._warn("cannot write to the disk cache (%s); reading on without caching", exc)
+            return
+        with self._lock:
+            self._lru[str(path)] = size
+
+    def _write(self, path: Path, data: bytes) -> None:
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._dirs.add(path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except FileNotFoundError:  # `idcfs cache clear` removed it under a live mount
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.write(_TRAILER.pack(len(data), zlib.crc32(data), _MAGIC))
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink(tmp)
+            raise
 
     def _keep_disk_free(self) -> None:
         """Shrink the bound if the disk itself runs low, whatever else is filling it."""

@@ -77,7 +77,9 @@ async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, starte
 
 
 async def _ready_when_answering(cfg: MountConfig, ready_fd: int | None, started: float) -> None:
-    st = await trio.to_thread.run_sync(os.stat, cfg.mountpoint)
+    # Abandoned if cancelled: once the FUSE loop stops (a signal right after mounting), a stat of
+    # the mountpoint only returns when the mount is gone, and must not hold up the shutdown.
+    st = await trio.to_thread.run_sync(os.stat, cfg.mountpoint, abandon_on_cancel=True)
     _raise_readahead(st.st_dev)
     log.info("mounted %s in %.2f s", cfg.mountpoint, time.monotonic() - started)
     _announce(ready_fd, "ready")

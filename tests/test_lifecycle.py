@@ -112,3 +112,24 @@ def _stale(path) -> bool:
     except OSError as exc:
         return exc.errno == 107  # ENOTCONN
     return False
+
+
+def test_sigterm_the_moment_the_mount_appears_still_unmounts_cleanly(sample, s3_endpoint, tmp_path):
+    """The readiness check stats the mount from a thread; a signal then must not deadlock."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [*IDCFS, "mount", str(mnt), "--foreground", "--index", str(sample.index_dir),
+             "--endpoint-url", s3_endpoint, "--cache-dir", str(tmp_path / "cache")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: is_mounted(mnt))
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert not is_mounted(mnt)
+        finally:
+            force_unmount(mnt)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
