@@ -72,6 +72,7 @@ class DiskBlocks:
         self._last_warning = 0.0
         self._puts = 0
         self._dirs: set[Path] = set()
+        self._started = time.time() - 1
         self.corrupt = 0
         self.write_errors = 0
 
@@ -86,20 +87,23 @@ class DiskBlocks:
             for dirpath, _, names in os.walk(self.root):
                 for name in names:
                     path = os.path.join(dirpath, name)
-                    if name.startswith(".tmp-"):
-                        _unlink(path)
-                        continue
                     try:
                         st = os.stat(path)
                     except FileNotFoundError:
                         continue
+                    if name.startswith(".tmp-"):
+                        if st.st_mtime < self._started:  # left by a daemon that was killed
+                            _unlink(path)
+                        continue
                     found.append((st.st_mtime, path, st.st_size))
         found.sort()
         with self._lock:
+            # Blocks written since the mount started are known already, and room reserved for
+            # writes in progress is in _bytes: add only what was on disk before.
             known = self._lru
             self._lru = collections.OrderedDict((p, s) for _, p, s in found if p not in known)
+            self._bytes += sum(self._lru.values())
             self._lru.update(known)
-            self._bytes = sum(self._lru.values())
         self._scanned.set()
         self._evict()
         log.info("disk cache: %d blocks, %.1f MB of %.1f MB", len(self._lru), self._bytes / 1e6,
@@ -168,6 +172,8 @@ class DiskBlocks:
             self._warn("cannot write to the disk cache (%s); reading on without caching", exc)
             return
         with self._lock:
+            if str(path) in self._lru:  # the start-up scan found it already and counted it
+                self._bytes -= size
             self._lru[str(path)] = size
 
     def _write(self, path: Path, data: bytes) -> None:
@@ -203,15 +209,14 @@ class DiskBlocks:
                        self.limit / 1e6)
 
     def _evict(self) -> None:
-        if not self._scanned.is_set():
-            return
-        while True:
-            with self._lock:
-                if self._bytes <= self.limit or not self._lru:
-                    return
+        # Before the start-up scan is done only this mount's own blocks are known; they are
+        # evicted like any others, and older blocks join the queue (at its old end) once found.
+        # Unlinked under the lock: room counted as free is free on disk before anyone uses it.
+        with self._lock:
+            while self._bytes > self.limit and self._lru:
                 path, size = self._lru.popitem(last=False)
+                _unlink(path)
                 self._bytes -= size
-            _unlink(path)
 
     def _forget(self, path: str) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import pytest
 import trio
@@ -121,8 +122,19 @@ def test_leftover_temporary_files_of_a_killed_daemon_are_removed(source, tmp_pat
     trio.run(cache.read, source.ref("big"), 0, BS)
     leftover = cache.disk.path(source.ref("big"), 0).parent / ".tmp-abc"
     leftover.write_bytes(b"partial")
+    an_hour_ago = time.time() - 3600
+    os.utime(leftover, (an_hour_ago, an_hour_ago))
     make(source, tmp_path)
     assert not leftover.exists()
+
+
+def test_a_temporary_file_being_written_now_is_left_alone_by_the_scan(source, tmp_path):
+    cache = make(source, tmp_path)
+    trio.run(cache.read, source.ref("big"), 0, BS)
+    in_progress = cache.disk.path(source.ref("big"), 0).parent / ".tmp-now"
+    in_progress.write_bytes(b"being written")
+    make(source, tmp_path)
+    assert in_progress.exists()
 
 
 def test_the_disk_cache_never_exceeds_its_bound_and_drops_the_oldest(source, tmp_path):
