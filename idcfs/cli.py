@@ -22,8 +22,11 @@ from urllib.parse import urlparse
 from . import __version__
 from .config import MountConfig, default_cache_dir, default_cache_size, parse_size
 from .index import BadIndex, check_index_dir, default_index_dir, start_build
+from .selection import BadSelection, Selection, known_versions
+from .selection import check as check_selection
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+GCS_ENDPOINT = "https://storage.googleapis.com"
 
 # FUSE and mount(8) options handed to the kernel as they are.
 FUSE_OPTIONS = {
@@ -77,7 +80,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     mount.add_argument(
         "--endpoint-url", metavar="URL",
-        help="S3-compatible endpoint for every request (default: AWS S3, us-east-1)",
+        help="S3-compatible endpoint for every request (default: AWS S3, us-east-1; with "
+        f"--source gcs, {GCS_ENDPOINT})",
+    )
+    mount.add_argument(
+        "--idc-version", type=int, metavar="N",
+        help="show exactly the data of IDC release N (default: the newest the index knows)",
+    )
+    mount.add_argument(
+        "--source", choices=("aws", "gcs"), metavar="CLOUD",
+        help="aws (default) or gcs: which cloud's buckets to read",
+    )
+    mount.add_argument(
+        "--collection", metavar="ID,...",
+        help="show only these collections (comma-separated collection_ids)",
+    )
+    mount.add_argument(
+        "--license", action="append", metavar="NAME",
+        help="show only series under this license_short_name (repeatable), e.g. 'CC BY 4.0'",
+    )
+    mount.add_argument(
+        "--exclude-license", action="append", metavar="NAME",
+        help="leave out series under this license_short_name (repeatable), e.g. 'CC BY-NC 4.0'",
+    )
+    mount.add_argument(
+        "--filter", metavar="SQL",
+        help="show only series for which this SQL condition over the index's columns holds, "
+        "e.g. \"collection_id='nlst' AND Modality='CT'\"",
     )
     mount.add_argument(
         "--cache-dir", type=Path, metavar="DIR",
@@ -154,6 +183,9 @@ def _apply_o_options(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if key in actions:
             action = actions[key]
             if getattr(args, key) is not None:
+                continue
+            if isinstance(action, argparse._AppendAction) and has_value:  # noqa: SLF001
+                setattr(args, key, [*(getattr(args, key) or []), value])
                 continue
             if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
                 setattr(args, key, value.lower() not in ("0", "false", "no") if has_value else True)
@@ -249,7 +281,19 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
     mountpoint = _check_mountpoint(args.mountpoint)
     index_dir = args.index or default_index_dir()
     check_index_dir(index_dir)
-    endpoint = _check_endpoint(args.endpoint_url) if args.endpoint_url else None
+    source = args.source or "aws"
+    endpoint = (_check_endpoint(args.endpoint_url) if args.endpoint_url
+                else GCS_ENDPOINT if source == "gcs" else None)
+    chosen = Selection(
+        idc_version=(args.idc_version if args.idc_version is not None
+                     else max(known_versions(index_dir), default=None)),
+        source=source,
+        collections=tuple(c for c in (args.collection or "").split(",") if c),
+        licenses=tuple(args.license or ()),
+        exclude_licenses=tuple(args.exclude_license or ()),
+        filter=args.filter,
+    )
+    check_selection(index_dir, chosen)
     if args.max_connections is not None and args.max_connections < 1:
         raise UsageError("--max-connections must be at least 1")
     level = "DEBUG" if args.debug else (args.log_level or "INFO")
@@ -267,6 +311,7 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
         cache_size=cache_size,
         memory_cache_size=args.memory_cache_size or MountConfig.memory_cache_size,
         fuse_options=frozenset(fuse),
+        selection=chosen,
     )
 
 
@@ -319,11 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = mount_config(args, parser)
         if not cfg.foreground:
             return _mount_background(cfg, argv)
-        build = start_build(cfg.index_dir, cfg.cache_dir)
+        build = start_build(cfg.index_dir, cfg.cache_dir, cfg.selection)
         from .daemon import run
 
         return run(cfg, ready_fd=args.ready_fd, build=build)
-    except (UsageError, BadIndex) as exc:
+    except (UsageError, BadIndex, BadSelection) as exc:
         if getattr(args, "ready_fd", None) is not None:
             os.write(args.ready_fd, str(exc).encode())
         print(f"idcfs: {exc}", file=sys.stderr)
@@ -331,3 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logging.getLogger(__name__).info("interrupted")
         return 130
+    except Exception as exc:  # the last resort: a person gets one line, --debug the traceback
+        if getattr(args, "debug", False):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        message = f"unexpected error: {type(exc).__name__}: {first} (run with --debug for details)"
+        if getattr(args, "ready_fd", None) is not None:
+            os.write(args.ready_fd, message.encode())
+        print(f"idcfs: {message}", file=sys.stderr)
+        return 1

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .selection import Selection
+
 
 def default_cache_dir() -> Path:
     """$XDG_CACHE_HOME/idcfs, else ~/.cache/idcfs, as every desktop tool expects."""
@@ -52,3 +54,4 @@ class MountConfig:
     cache_size: int = 10 << 30
     memory_cache_size: int = 96 << 20
     fuse_options: frozenset[str] = frozenset()
+    selection: Selection = Selection()

@@ -26,6 +26,7 @@ from .config import MountConfig
 from .fs import Operations
 from .listings import Listings
 from .prefetch import Reader
+from .selection import BadSelection
 from .source import ObjectSource
 from .tree import Tree
 
@@ -116,12 +117,13 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
     setup_logging(cfg.log_level)
     started = time.monotonic()
     try:
-        tree = Tree(index.load(cfg.index_dir, cfg.cache_dir, build))
-    except index.BadIndex as exc:
+        tree = Tree(index.load(cfg.index_dir, cfg.cache_dir, cfg.selection, build))
+    except (index.BadIndex, BadSelection) as exc:
         log.error("%s", exc)
         _announce(ready_fd, str(exc))
         return 1
-    log.info("index: %d series from %s", tree.rows, cfg.index_dir)
+    log.info("IDC version %s from %s: %d series, read from %s (%s)", cfg.selection.idc_version,
+             cfg.index_dir, tree.rows, cfg.selection.source, cfg.endpoint_url or "AWS S3")
 
     bridge = AsyncioBridge()
     bridge.start()

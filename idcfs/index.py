@@ -13,6 +13,7 @@ format, so a new idc-index-data release builds a new tree and an old one is neve
 
 from __future__ import annotations
 
+import calendar
 import fcntl
 import hashlib
 import json
@@ -32,9 +33,12 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from . import selection
+from .selection import Selection
+
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_FILE = "idc_index.parquet"
 REQUIRED_COLUMNS = (
     "collection_id",
@@ -45,6 +49,7 @@ REQUIRED_COLUMNS = (
     "crdc_series_uuid",
     "aws_bucket",
 )
+PRIOR_FILE = selection.PRIOR_FILE
 LEVELS = ("collections", "patients", "studies")
 
 
@@ -84,19 +89,20 @@ def check_index_dir(index_dir: Path) -> Path:
     return path
 
 
-def _tree_key(parquet: Path) -> str:
-    st = parquet.stat()
-    ident = f"{FORMAT_VERSION}|{parquet.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+def _tree_key(parquet: Path, sel: Selection) -> str:
+    files = [parquet, parquet.parent / PRIOR_FILE]
+    stamps = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists()]
+    ident = f"{FORMAT_VERSION}|{'|'.join(stamps)}|{sel.key()}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
 def _build_sql(parquet: Path, disambiguate: bool) -> str:
+    """The tree's rows, sorted by path, from the view `selected` (see selection.rows)."""
     # Series folders are named as idc-index's default dirTemplate names them
     # (%Modality_%SeriesInstanceUID). If two rows of one study would get the same folder name, both
     # get their crdc_series_uuid appended, so no row hides another and the order stays
     # deterministic. That needs a window over every row (slower), so it is only done for an index
     # where the plain build found such a clash.
-    src = str(parquet).replace("'", "''")
     name = "Modality || '_' || SeriesInstanceUID"
     if disambiguate:
         name = f"""CASE WHEN count(*) OVER (PARTITION BY collection_id, PatientID,
@@ -109,20 +115,21 @@ def _build_sql(parquet: Path, disambiguate: bool) -> str:
                    coalesce(StudyInstanceUID, '') AS StudyInstanceUID,
                    coalesce(Modality, '') AS Modality,
                    coalesce(SeriesInstanceUID, '') AS SeriesInstanceUID,
-                   crdc_series_uuid, aws_bucket,
+                   crdc_series_uuid, bucket,
                    {_optional(parquet, 'instanceCount', 'BIGINT')} AS instance_count,
                    {_optional(parquet, 'series_size_MB', 'DOUBLE')} AS size_mb
-            FROM read_parquet('{src}')
+            FROM selected
         )
         SELECT collection_id, PatientID, StudyInstanceUID, {name} AS series_name,
-               crdc_series_uuid, aws_bucket, instance_count, size_mb
+               crdc_series_uuid, bucket, instance_count, size_mb
         FROM rows
         ORDER BY collection_id, PatientID, StudyInstanceUID, series_name
     """
 
 
 def _optional(parquet: Path, column: str, sql_type: str) -> str:
-    return column if column in pq.read_schema(parquet).names else f"CAST(0 AS {sql_type})"
+    return (f"coalesce({column}, 0)" if column in pq.read_schema(parquet).names
+            else f"CAST(0 AS {sql_type})")
 
 
 def _differs(column: pa.ChunkedArray) -> np.ndarray:
@@ -142,12 +149,11 @@ def _write(path: Path, table: pa.Table) -> None:
         writer.write_batch(batch)
 
 
-def build(parquet: Path, dest: Path) -> None:
-    """Build the tree files for one index parquet into dest (atomically: all or nothing)."""
-    import duckdb
-
+def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
+    """Build the tree files of the selected rows into dest (atomically: all or nothing)."""
     started = time.monotonic()
-    con = duckdb.connect(config={"threads": os.cpu_count() or 1})
+    con = selection.connect(parquet.parent)
+    selection.rows(con, parquet.parent, sel).create_view("selected")
     table = con.execute(_build_sql(parquet, disambiguate=False)).to_arrow_table()
     # A run of a level starts where its value or any value above it changes.
     new = np.logical_or.accumulate([_differs(table.column(c)) for c in (
@@ -168,7 +174,7 @@ def build(parquet: Path, dest: Path) -> None:
             {
                 "series_name": table.column("series_name"),
                 "crdc_series_uuid": table.column("crdc_series_uuid"),
-                "aws_bucket": pc.dictionary_encode(table.column("aws_bucket")),
+                "bucket": pc.dictionary_encode(table.column("bucket")),
             }
         )
         _write(tmp / "rows.arrow", rows)
@@ -178,7 +184,10 @@ def build(parquet: Path, dest: Path) -> None:
             "rows": table.num_rows,
             "files": int(pc.sum(table.column("instance_count")).as_py() or 0),
             "bytes": int((pc.sum(table.column("size_mb")).as_py() or 0) * 1_000_000),
-            "timestamp_ns": _release_timestamp_ns(parquet),
+            "timestamp_ns": _release_timestamp_ns(parquet, sel.idc_version),
+            "idc_version": sel.idc_version,
+            "source": sel.source,
+            "selection": sel.key(),
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, dest)
@@ -189,17 +198,18 @@ def build(parquet: Path, dest: Path) -> None:
     log.info("built the tree of %d series in %.1f s", table.num_rows, time.monotonic() - started)
 
 
-def _release_timestamp_ns(parquet: Path) -> int:
-    """A stable time for every entry: the newest release date the index names, else its mtime.
+def _release_timestamp_ns(parquet: Path, version: int | None) -> int:
+    """A stable time for every entry: the date of the release shown, else the index's mtime.
 
     Using the release date means the same data shows the same times on every machine and every
     mount, which is what rsync and make compare.
     """
     versions = parquet.parent / "version_metadata_index.parquet"
     try:
-        table = pq.read_table(versions, columns=["version_timestamp"])
-        newest = max(v for v in table.column(0).to_pylist() if v)
-        return int(time.mktime(time.strptime(newest[:10], "%Y-%m-%d")) * 1e9)
+        table = pq.read_table(versions, columns=["idc_version", "version_timestamp"]).to_pylist()
+        dates = {r["idc_version"]: r["version_timestamp"] for r in table if r["version_timestamp"]}
+        date = dates[version] if version in dates else dates[max(dates)]
+        return int(calendar.timegm(time.strptime(date[:10], "%Y-%m-%d")) * 1e9)
     except (OSError, ValueError, KeyError, pa.ArrowException):
         return parquet.stat().st_mtime_ns
 
@@ -247,16 +257,17 @@ def open_tree(path: Path) -> TreeFiles:
         *levels,
         series_names=rows.column("series_name"),
         crdc_series_uuids=rows.column("crdc_series_uuid"),
-        buckets=rows.column("aws_bucket"),
+        buckets=rows.column("bucket"),
         meta=json.loads((path / "meta.json").read_text()),
     )
 
 
-def _tree_dir(parquet: Path, cache_dir: Path) -> Path:
-    return cache_dir / "index" / _tree_key(parquet)
+def _tree_dir(parquet: Path, cache_dir: Path, sel: Selection) -> Path:
+    return cache_dir / "index" / _tree_key(parquet, sel)
 
 
-def start_build(index_dir: Path, cache_dir: Path) -> subprocess.Popen | None:
+def start_build(index_dir: Path, cache_dir: Path,
+                sel: Selection = Selection()) -> subprocess.Popen | None:
     """Start building the tree for index_dir in a child process, unless it is built already.
 
     The build runs in a child so that its peak memory (duckdb sorting a million rows) goes back
@@ -264,38 +275,39 @@ def start_build(index_dir: Path, cache_dir: Path) -> subprocess.Popen | None:
     lets the daemon import its libraries while the child sorts.
     """
     parquet = check_index_dir(index_dir)
-    dest = _tree_dir(parquet, cache_dir)
+    dest = _tree_dir(parquet, cache_dir, sel)
     if (dest / "meta.json").is_file():
         return None
     dest.parent.mkdir(parents=True, exist_ok=True)
     log.info("indexing %s (once per index release; a few seconds)", parquet)
     return subprocess.Popen(
-        [sys.executable, "-m", "idcfs.index", str(parquet), str(dest)],
+        [sys.executable, "-m", "idcfs.index", str(parquet), str(dest), sel.key()],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 
 
-def load(index_dir: Path, cache_dir: Path, build: subprocess.Popen | None = None) -> TreeFiles:
+def load(index_dir: Path, cache_dir: Path, sel: Selection = Selection(),
+         build: subprocess.Popen | None = None) -> TreeFiles:
     """Open the tree for index_dir, waiting for (or starting) its build if needed."""
     if build is None:
-        build = start_build(index_dir, cache_dir)
+        build = start_build(index_dir, cache_dir, sel)
     parquet = check_index_dir(index_dir)
     if build is not None:
         _, stderr = build.communicate()
         if build.returncode != 0:
             last = (stderr.strip().splitlines() or ["unknown error"])[-1]
             raise BadIndex(f"could not index {parquet}: {last}")
-    return open_tree(_tree_dir(parquet, cache_dir))
+    return open_tree(_tree_dir(parquet, cache_dir, sel))
 
 
-def _build_once(parquet: Path, dest: Path) -> None:
+def _build_once(parquet: Path, dest: Path, sel: Selection) -> None:
     """Build unless another process did while this one waited: two mounts starting at once with
     one cache directory build the tree once."""
     with open(f"{dest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (dest / "meta.json").is_file():
-            build(parquet, dest)
+            build(parquet, dest, sel)
 
 
 if __name__ == "__main__":
-    _build_once(Path(sys.argv[1]), Path(sys.argv[2]))
+    _build_once(Path(sys.argv[1]), Path(sys.argv[2]), Selection.from_key(sys.argv[3]))

@@ -36,6 +36,9 @@ from s3server import start_listening
 
 REAL_INDEX = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
 BUCKETS = ("idc-open-data", "idc-open-data-two", "idc-open-data-cr")
+GCS_BUCKETS = {"idc-open-data": "idc-open-data", "idc-open-data-two": "idc-open-idc1",
+               "idc-open-data-cr": "idc-open-cr"}
+PRIOR_INDEX = REAL_INDEX.parent / "prior_versions_index.parquet"
 NAMESPACE = uuid.UUID("6f1d2c4e-2b7a-4c55-9d0e-6b1f0c9a1d11")
 # Files of each series: small CT and MR slices, a 320 KB overlay image (several FUSE reads).
 CONTENT = ("CT_small.dcm", "MR_small.dcm", "examples_overlay.dcm")
@@ -45,11 +48,13 @@ DERIVED_PATIENT_IDS = ("a/b", "..", "", "100%", ".")
 
 @dataclass
 class Sample:
-    """What the sample holds: the index directory and every object's bytes."""
+    """What the sample holds: the index directory and every object's bytes (on AWS bucket names;
+    the same objects are also stored under IDC's GCS bucket names)."""
 
     index_dir: Path
     rows: list[dict]
     objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    prior: list[dict] = field(default_factory=list)
 
     def series_objects(self, row: dict) -> dict[str, bytes]:
         prefix = f"{row['crdc_series_uuid']}/"
@@ -189,26 +194,50 @@ def make_public_buckets(endpoint: str, names=BUCKETS) -> None:
         s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
 
+def _prior_rows(revised: dict, removed_template: dict) -> list[dict]:
+    """Older contents: `revised` as it was in releases 10-24 (its current row is from 25 on),
+    and a series that existed in releases 5-20 only (removed since), in the prior index's shape."""
+    old = {k: revised[k] for k in ("collection_id", "PatientID", "SeriesInstanceUID",
+                                   "StudyInstanceUID", "Modality", "aws_bucket")}
+    old.update(crdc_series_uuid=str(uuid.uuid5(NAMESPACE, "old-content")), min_idc_version=10,
+               max_idc_version=24, gcs_bucket="public-datasets-idc")
+    gone = {k: removed_template[k] for k in ("collection_id", "PatientID", "StudyInstanceUID")}
+    gone.update(SeriesInstanceUID=f"2.25.{uuid.uuid5(NAMESPACE, 'removed').int}", Modality="CT",
+                crdc_series_uuid=str(uuid.uuid5(NAMESPACE, "removed-content")),
+                aws_bucket="idc-open-data-two", gcs_bucket="idc-open-idc1",
+                min_idc_version=5, max_idc_version=20)
+    for row in (old, gone):
+        row["series_aws_url"] = f"s3://{row['aws_bucket']}/{row['crdc_series_uuid']}/*"
+    return [old, gone]
+
+
 def build_sample(endpoint: str, index_dir: Path) -> Sample:
     """Fill the local server and write the matching index to index_dir."""
     rows = _select_real_rows()
     rows += _derived_rows(rows[0])
-    make_public_buckets(endpoint)
-    sample = Sample(index_dir=index_dir, rows=rows)
-    for i, row in enumerate(rows):
-        count = BIG_SERIES_FILES if i == 1 else 3
+    rows[2]["series_revised_idc_version"] = 25
+    make_public_buckets(endpoint, BUCKETS + ("idc-open-idc1", "idc-open-cr", "public-datasets-idc"))
+    sample = Sample(index_dir=index_dir, rows=rows, prior=_prior_rows(rows[2], rows[3]))
+    gcs_objects = {}
+    for i, row in enumerate(rows + sample.prior):
+        count = BIG_SERIES_FILES if i == 1 else 2 if i >= len(rows) else 3
         files = _series_content(row, count, big=(i == 0))
         for name, data in files.items():
-            sample.objects[(row["aws_bucket"], f"{row['crdc_series_uuid']}/{name}")] = data
-        row["instanceCount"] = len(files)
+            key = f"{row['crdc_series_uuid']}/{name}"
+            sample.objects[(row["aws_bucket"], key)] = data
+            gcs_objects[(row.get("gcs_bucket") or GCS_BUCKETS[row["aws_bucket"]], key)] = data
         row["series_size_MB"] = sum(map(len, files.values())) / 1e6
+        if i < len(rows):
+            row["instanceCount"] = len(files)
     s3 = s3_client(endpoint)
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda kv: s3.put_object(Bucket=kv[0][0], Key=kv[0][1], Body=kv[1]),
-                      sample.objects.items()))
+                      [*sample.objects.items(), *gcs_objects.items()]))
     index_dir.mkdir(parents=True, exist_ok=True)
     schema = pq.read_schema(REAL_INDEX)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), index_dir / "idc_index.parquet")
+    pq.write_table(pa.Table.from_pylist(sample.prior, schema=pq.read_schema(PRIOR_INDEX)),
+                   index_dir / "prior_versions_index.parquet")
     versions = REAL_INDEX.parent / "version_metadata_index.parquet"
     pq.write_table(pq.read_table(versions), index_dir / "version_metadata_index.parquet")
     return sample

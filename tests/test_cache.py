@@ -184,3 +184,23 @@ def test_blocks_the_disk_cannot_keep_up_with_are_skipped_not_queued_without_boun
     cache.writer.drain()
     assert cache.writer.skipped == 3
     assert not any(p.is_file() for p in (tmp_path / "blocks").rglob("*"))
+
+
+def test_concurrent_writers_keep_the_accounting_equal_to_the_disk(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit = 20 * (BS + 16)
+    disk = DiskBlocks(tmp_path, limit)
+    objs = [ObjectRef("idc-open-data", f"k{i}", 3 * BS) for i in range(40)]
+
+    def write(obj):
+        for i in range(3):
+            disk.put(obj, i, os.urandom(BS - i))
+
+    with ThreadPoolExecutor(4) as pool:
+        scan = pool.submit(disk.scan)
+        list(pool.map(write, objs))
+        scan.result()
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "blocks").rglob("*") if p.is_file())
+    assert on_disk <= limit
+    assert disk.used == on_disk
