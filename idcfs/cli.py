@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -102,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--exclude-license", action="append", metavar="NAME",
         help="leave out series under this license_short_name (repeatable), e.g. 'CC BY-NC 4.0'",
+    )
+    mount.add_argument(
+        "--manifest", type=Path, metavar="FILE",
+        help="show only the series of this manifest: the IDC portal's s5cmd manifests (AWS or GCS "
+        "URLs) or a list of SeriesInstanceUIDs or crdc_series_uuids, one a line",
     )
     mount.add_argument(
         "--filter", metavar="SQL",
@@ -292,8 +298,13 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
         licenses=tuple(args.license or ()),
         exclude_licenses=tuple(args.exclude_license or ()),
         filter=args.filter,
+        manifest=str(args.manifest.resolve()) if args.manifest else None,
+        manifest_sha256=(hashlib.sha256(args.manifest.read_bytes()).hexdigest()
+                         if args.manifest and args.manifest.is_file() else None),
     )
-    check_selection(index_dir, chosen)
+    notice = check_selection(index_dir, chosen)
+    if notice and args.ready_fd is None:
+        print(f"idcfs: note: {notice}", file=sys.stderr)
     if args.max_connections is not None and args.max_connections < 1:
         raise UsageError("--max-connections must be at least 1")
     level = "DEBUG" if args.debug else (args.log_level or "INFO")

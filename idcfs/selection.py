@@ -28,9 +28,11 @@ A series whose license is unknown (removed since) is left out by `--license` and
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -58,6 +60,8 @@ class Selection:
     licenses: tuple[str, ...] = ()
     exclude_licenses: tuple[str, ...] = ()
     filter: str | None = None
+    manifest: str | None = None
+    manifest_sha256: str | None = None
 
     def key(self) -> str:
         """A stable text of everything that changes which rows are shown."""
@@ -69,6 +73,39 @@ class Selection:
         for name in ("collections", "licenses", "exclude_licenses"):
             data[name] = tuple(data[name])
         return cls(**data)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_SERIES_UID = re.compile(r"[0-9]+(\.[0-9]+)+")
+_URL = re.compile(r"(?:s3|gs)://[^/\s]+/(" + _UUID.pattern + r")/")
+
+
+def read_manifest(path: Path) -> list[str]:
+    """Series named by a manifest: crdc_series_uuids and SeriesInstanceUIDs, in file order.
+
+    Accepts the IDC portal's s5cmd manifests (`cp s3://<bucket>/<crdc_series_uuid>/* <dir>`, with
+    AWS or GCS URLs) and plain lists of SeriesInstanceUIDs or crdc_series_uuids, one a line;
+    blank lines and `#` comments are skipped. A line that names no series is an error.
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadSelection(f"cannot read manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        url = _URL.search(text)
+        if url:
+            entries.append(url.group(1))
+        elif _UUID.fullmatch(text.lower()):
+            entries.append(text.lower())
+        elif _SERIES_UID.fullmatch(text):
+            entries.append(text)
+        else:
+            raise BadSelection(f"line {number} of manifest {path} names no series: {text[:80]!r}")
+    return entries
 
 
 def _quote(value: str) -> str:
@@ -138,11 +175,16 @@ def rows(con, index_dir: Path, sel: Selection):
         rel = rel.filter(condition)
     if sel.filter:
         rel = rel.filter(sel.filter)
+    if sel.manifest:
+        con.register("manifest_ids", pa.table({"id": read_manifest(Path(sel.manifest))}))
+        rel = rel.filter("crdc_series_uuid IN (SELECT id FROM manifest_ids) "
+                         "OR SeriesInstanceUID IN (SELECT id FROM manifest_ids)")
     return rel.project(f"*, {bucket} AS bucket")
 
 
-def check(index_dir: Path, sel: Selection) -> None:
-    """Raise BadSelection, in one line, for a version, collection or filter the index rejects."""
+def check(index_dir: Path, sel: Selection) -> str | None:
+    """Raise BadSelection, in one line, for a version, collection, filter or manifest the index
+    rejects; return a notice for a person when manifest entries are not in the release."""
     import duckdb
 
     if sel.idc_version is not None:
@@ -151,8 +193,8 @@ def check(index_dir: Path, sel: Selection) -> None:
             span = f"{versions[0]}-{versions[-1]}" if versions else "none"
             raise BadSelection(f"IDC version {sel.idc_version} is not in this index "
                                f"(it knows versions {span})")
-    if not sel.collections and not sel.filter:
-        return
+    if not sel.collections and not sel.filter and not sel.manifest:
+        return None
     con = connect(index_dir)
     try:
         if sel.collections:
@@ -162,11 +204,23 @@ def check(index_dir: Path, sel: Selection) -> None:
             unknown = sorted(set(sel.collections) - have)
             if unknown:
                 raise BadSelection(f"unknown collection(s): {', '.join(unknown)}")
-        if sel.filter:
-            try:
-                rows(con, index_dir, sel).limit(0).fetchall()
-            except duckdb.Error as exc:
-                first = str(exc).splitlines()[0].split(": ", 1)[-1]
-                raise BadSelection(f"bad --filter {sel.filter!r}: {first}") from None
+        try:
+            selected = rows(con, index_dir, sel)
+            selected.limit(0).fetchall()
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0].split(": ", 1)[-1]
+            raise BadSelection(f"bad --filter {sel.filter!r}: {first}") from None
+        if sel.manifest:
+            selected.create_view("selected_rows")
+            missing = [r[0] for r in con.sql(
+                "SELECT id FROM manifest_ids WHERE id NOT IN (SELECT crdc_series_uuid FROM "
+                "selected_rows) AND id NOT IN (SELECT SeriesInstanceUID FROM selected_rows)"
+            ).fetchall()]
+            if missing:
+                total = con.sql("SELECT count(*) FROM manifest_ids").fetchall()[0][0]
+                return (f"{len(missing)} of {total} manifest entries are not in IDC version "
+                        f"{sel.idc_version} with these options and are left out "
+                        f"(first: {', '.join(missing[:3])})")
+        return None
     finally:
         con.close()

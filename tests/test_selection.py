@@ -122,6 +122,42 @@ def test_release_19_of_the_real_index_matches_an_independent_reading(tmp_path):
     assert tree.meta["rows"] == len(want)
 
 
+def _manifest(tmp_path, lines) -> str:
+    path = tmp_path / "manifest.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("form", ["s3", "gs", "uid", "uuid"])
+def test_a_manifest_selects_its_series_in_any_form(sample, tmp_path, form):
+    chosen = sample.rows[:3]
+    lines = ["# exported from the IDC portal", ""]
+    for r in chosen:
+        if form in ("s3", "gs"):
+            bucket = r["aws_bucket"] if form == "s3" else sample_data.GCS_BUCKETS[r["aws_bucket"]]
+            lines.append(f"cp {form}://{bucket}/{r['crdc_series_uuid']}/* ./data")
+        else:
+            lines.append(r["SeriesInstanceUID"] if form == "uid" else r["crdc_series_uuid"])
+    tree = built(sample, tmp_path, idc_version=25, manifest=_manifest(tmp_path, lines))
+    assert {r[4] for r in tree_rows(tree)} == {r["crdc_series_uuid"] for r in chosen}
+
+
+def test_manifest_entries_the_release_lacks_are_reported_with_count_and_first_few(sample, tmp_path):
+    old = sample.prior[0]["crdc_series_uuid"]
+    path = _manifest(tmp_path, [sample.rows[0]["crdc_series_uuid"], old, "1.2.3.4.5"])
+    notice = check(sample.index_dir, Selection(idc_version=25, manifest=path))
+    assert notice.startswith("2 of 3 manifest entries are not in IDC version 25")
+    assert old in notice and "1.2.3.4.5" in notice
+    assert check(sample.index_dir, Selection(idc_version=24, manifest=path)).startswith("1 of 3")
+    assert old in {r[4] for r in tree_rows(built(sample, tmp_path, idc_version=24, manifest=path))}
+
+
+def test_a_manifest_line_that_names_no_series_is_refused(sample, tmp_path):
+    path = _manifest(tmp_path, ["cp s3://idc-open-data/not-a-uuid/* .", "hello"])
+    with pytest.raises(BadSelection, match="line 1 of manifest .* names no series"):
+        check(sample.index_dir, Selection(idc_version=25, manifest=path))
+
+
 # -- through real mounts -------------------------------------------------------------------------
 
 def series_path(mnt, row) -> os.PathLike:
@@ -162,6 +198,7 @@ def test_a_gcs_mount_reads_from_the_gcs_bucket_names(sample, s3_endpoint, tmp_pa
     (["--filter", "nosuch = 1"], "bad --filter"),
     (["--collection", "nope"], "unknown collection(s): nope"),
     (["--source", "azure"], "--source"),
+    (["--manifest", "/nonexistent/manifest.txt"], "cannot read manifest"),
 ])
 def test_bad_selection_options_end_in_one_line(sample, s3_endpoint, tmp_path, args, message):
     (tmp_path / "m").mkdir()
