@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 IMMUTABLE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 1 << 20
+XATTR_PREFIX = "user.idc."
 
 
 class Operations(pyfuse3.Operations):
@@ -131,6 +132,25 @@ class Operations(pyfuse3.Operations):
         for i, (name, child) in enumerate(self.tree.children(node, start_id), start_id):
             if not pyfuse3.readdir_reply(token, name.encode(), self._attributes(child), i + 1):
                 return
+
+    async def _metadata(self, inode: int) -> dict[str, str]:
+        node = self._node(inode)
+        if node.kind is not Kind.FILE:
+            return self.tree.metadata(node)
+        _, listing = await self._listing(node.index)
+        if node.file >= len(listing.names):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.tree.metadata(node, listing.names[node.file])
+
+    async def listxattr(self, inode, ctx):
+        return [f"{XATTR_PREFIX}{key}".encode() for key in await self._metadata(inode)]
+
+    async def getxattr(self, inode, name, ctx):
+        key = name.decode(errors="replace").removeprefix(XATTR_PREFIX)
+        value = (await self._metadata(inode)).get(key) if name.startswith(XATTR_PREFIX.encode()) else None
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value.encode()
 
     async def releasedir(self, fh):
         """Directory handles are inode numbers; nothing to release."""

@@ -38,7 +38,7 @@ from .selection import Selection
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 INDEX_FILE = "idc_index.parquet"
 REQUIRED_COLUMNS = (
     "collection_id",
@@ -50,6 +50,7 @@ REQUIRED_COLUMNS = (
     "aws_bucket",
 )
 PRIOR_FILE = selection.PRIOR_FILE
+SERIES_METADATA = ("SeriesInstanceUID", "Modality", "source_DOI", "license_short_name")
 LEVELS = ("collections", "patients", "studies")
 
 
@@ -116,15 +117,22 @@ def _build_sql(parquet: Path, disambiguate: bool) -> str:
                    coalesce(Modality, '') AS Modality,
                    coalesce(SeriesInstanceUID, '') AS SeriesInstanceUID,
                    crdc_series_uuid, bucket,
+                   {_optional_text(parquet, 'source_DOI')} AS source_DOI,
+                   {_optional_text(parquet, 'license_short_name')} AS license_short_name,
                    {_optional(parquet, 'instanceCount', 'BIGINT')} AS instance_count,
                    {_optional(parquet, 'series_size_MB', 'DOUBLE')} AS size_mb
             FROM selected
         )
         SELECT collection_id, PatientID, StudyInstanceUID, {name} AS series_name,
-               crdc_series_uuid, bucket, instance_count, size_mb
+               crdc_series_uuid, bucket, instance_count, size_mb, Modality, SeriesInstanceUID,
+               source_DOI, license_short_name
         FROM rows
         ORDER BY collection_id, PatientID, StudyInstanceUID, series_name
     """
+
+
+def _optional_text(parquet: Path, column: str) -> str:
+    return column if column in pq.read_schema(parquet).names else "CAST(NULL AS VARCHAR)"
 
 
 def _optional(parquet: Path, column: str, sql_type: str) -> str:
@@ -175,6 +183,10 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
                 "series_name": table.column("series_name"),
                 "crdc_series_uuid": table.column("crdc_series_uuid"),
                 "bucket": pc.dictionary_encode(table.column("bucket")),
+                "SeriesInstanceUID": table.column("SeriesInstanceUID"),
+                "Modality": pc.dictionary_encode(table.column("Modality")),
+                "source_DOI": pc.dictionary_encode(table.column("source_DOI")),
+                "license_short_name": pc.dictionary_encode(table.column("license_short_name")),
             }
         )
         _write(tmp / "rows.arrow", rows)
@@ -235,6 +247,7 @@ class TreeFiles:
     series_names: pa.Array
     crdc_series_uuids: pa.Array
     buckets: pa.DictionaryArray
+    columns: dict[str, pa.Array]
     meta: dict
 
 
@@ -258,6 +271,7 @@ def open_tree(path: Path) -> TreeFiles:
         series_names=rows.column("series_name"),
         crdc_series_uuids=rows.column("crdc_series_uuid"),
         buckets=rows.column("bucket"),
+        columns={name: rows.column(name) for name in SERIES_METADATA},
         meta=json.loads((path / "meta.json").read_text()),
     )
 

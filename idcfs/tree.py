@@ -167,6 +167,40 @@ class Tree:
             return self.files.series_names[node.index].as_py()
         return self.levels[node.kind - 1].names[node.index].as_py()
 
+    def _parent(self, kind: Kind, first_row: int) -> int:
+        """The run of the level `kind` that holds row first_row."""
+        return int(np.searchsorted(self.levels[kind - 1].starts, first_row, side="right")) - 1
+
+    def metadata(self, node: Node, file_name: str | None = None) -> dict[str, str]:
+        """The index's values for a node and the levels above it (for extended attributes)."""
+        values: dict[str, str] = {}
+        if node.kind is Kind.ROOT:
+            first_row = None
+        elif node.kind in (Kind.SERIES, Kind.FILE):
+            first_row = node.index
+        else:
+            first_row = int(self.levels[node.kind - 1].starts[node.index])
+        if first_row is not None:
+            for kind, key in ((Kind.COLLECTION, "collection_id"), (Kind.PATIENT, "PatientID"),
+                              (Kind.STUDY, "StudyInstanceUID")):
+                if kind <= node.kind:
+                    values[key] = self.name(Node(kind, self._parent(kind, first_row)))
+        if node.kind in (Kind.SERIES, Kind.FILE):
+            for key, column in self.files.columns.items():
+                value = column[node.index].as_py()
+                if value is not None:
+                    values[key] = value
+            ref = self.series(node.index)
+            scheme = "gs" if self.files.meta.get("source") == "gcs" else "s3"
+            values["crdc_series_uuid"] = ref.uuid
+            values["url"] = f"{scheme}://{ref.bucket}/{ref.prefix}"
+            if file_name is not None:
+                values["url"] += file_name
+                values["crdc_instance_uuid"] = file_name.removesuffix(".dcm")
+        if self.files.meta.get("idc_version") is not None:
+            values["idc_version"] = str(self.files.meta["idc_version"])
+        return values
+
     def series(self, row: int) -> SeriesRef:
         return SeriesRef(
             bucket=self.files.buckets[row].as_py(),

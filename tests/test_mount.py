@@ -242,3 +242,35 @@ def test_shell_tools_see_exact_sizes(sample, mount, tmp_path):
     assert len(found) >= len(sample.series_objects(row))
     shutil.copytree(folder, tmp_path / "copy")
     assert sorted(os.listdir(tmp_path / "copy")) == sorted(sample.series_objects(row))
+
+
+def test_files_and_directories_carry_their_index_values_as_extended_attributes(sample, mount):
+    row = sample.rows[0]
+    folder = series_dir(mount, row)
+    name = sorted(os.listdir(folder))[0]
+    attrs = {a: os.getxattr(folder / name, a).decode() for a in os.listxattr(folder / name)}
+    assert attrs == {
+        "user.idc.collection_id": row["collection_id"], "user.idc.PatientID": row["PatientID"],
+        "user.idc.StudyInstanceUID": row["StudyInstanceUID"],
+        "user.idc.SeriesInstanceUID": row["SeriesInstanceUID"], "user.idc.Modality": row["Modality"],
+        "user.idc.source_DOI": row["source_DOI"],
+        "user.idc.license_short_name": row["license_short_name"],
+        "user.idc.crdc_series_uuid": row["crdc_series_uuid"],
+        "user.idc.crdc_instance_uuid": name.removesuffix(".dcm"),
+        "user.idc.url": f"s3://{row['aws_bucket']}/{row['crdc_series_uuid']}/{name}",
+        "user.idc.idc_version": "25",
+    }
+    assert os.getxattr(folder.parent, "user.idc.StudyInstanceUID").decode() == row["StudyInstanceUID"]
+    assert os.getxattr(folder.parent.parent, "user.idc.PatientID").decode() == row["PatientID"]
+    assert set(os.listxattr(folder.parent.parent.parent)) == {"user.idc.collection_id",
+                                                               "user.idc.idc_version"}
+
+
+def test_getfattr_dumps_the_attributes_and_unknown_ones_are_enodata(sample, mount):
+    folder = series_dir(mount, sample.rows[2])
+    out = subprocess.run(["getfattr", "-d", str(folder)], capture_output=True, text=True,
+                         check=True).stdout
+    assert f'user.idc.SeriesInstanceUID="{sample.rows[2]["SeriesInstanceUID"]}"' in out
+    with pytest.raises(OSError) as err:
+        os.getxattr(folder, "user.idc.nothing")
+    assert err.value.errno == errno.ENODATA
