@@ -20,6 +20,7 @@ import pyfuse3
 import trio
 
 from . import index
+from .about import About
 from .bridge import AsyncioBridge
 from .cache import BlockCache, DiskBlocks
 from .config import MountConfig
@@ -137,7 +138,23 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
         lambda obj, start, length: bridge.run(source.get_range(obj.bucket, obj.key, start, length)),
         disk, cfg.memory_cache_size,
     )
-    ops = Operations(tree, listings, Reader(cache, concurrency=max(4, cfg.max_connections // 2)))
+    sel = cfg.selection
+    options = {"idc_version": sel.idc_version, "source": sel.source,
+               "endpoint_url": cfg.endpoint_url or "https://s3.amazonaws.com",
+               "collections": list(sel.collections), "licenses": list(sel.licenses),
+               "exclude_licenses": list(sel.exclude_licenses), "filter": sel.filter,
+               "manifest": sel.manifest, "mountpoint": str(cfg.mountpoint),
+               "cache_dir": str(cfg.cache_dir), "series": tree.rows}
+
+    def stats() -> dict:
+        return {**cache.stats, "listings_fetched": listings.fetched, "errors": ops.errors,
+                "disk_cache_bytes": disk.used, "disk_cache_limit": disk.limit,
+                "disk_cache_blocks": disk.count, "damaged_blocks_refetched": disk.corrupt,
+                "disk_write_errors": disk.write_errors,
+                "blocks_not_written_disk_busy": cache.writer.skipped}
+
+    ops = Operations(tree, listings, Reader(cache, concurrency=max(4, cfg.max_connections // 2)),
+                     About(tree.files.meta, options, stats))
     try:
         trio.run(_serve, cfg, ops, ready_fd, started)
     except MountFailed as exc:

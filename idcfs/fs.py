@@ -14,18 +14,19 @@ import os
 import stat
 import pyfuse3
 
-from . import naming
+from . import about, naming
 from .cache import ObjectRef
 from .listings import Listings
 from .prefetch import Reader, Stream
 from .source import SourceError
-from .tree import Kind, Node, Tree
+from .tree import ROOT, Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
 IMMUTABLE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 1 << 20
 XATTR_PREFIX = "user.idc."
+ABOUT_INODE = 6 << 56
 
 
 class Operations(pyfuse3.Operations):
@@ -35,14 +36,17 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, listings: Listings, reader: Reader) -> None:
+    def __init__(self, tree: Tree, listings: Listings, reader: Reader,
+                 info: about.About | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.listings = listings
         self.reader = reader
+        self.about = info
+        self.errors = 0
         self.uid = os.getuid()
         self.gid = os.getgid()
-        self._open: dict[int, Stream] = {}
+        self._open: dict[int, Stream | bytes] = {}
         self._next_fh = 1
 
     # -- attributes, in one place ------------------------------------------------------------
@@ -53,6 +57,8 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             attr.st_mode = stat.S_IFDIR | 0o555
             subdirs = self.tree.child_count(node) if node.kind < Kind.SERIES else 0
+            if node.kind is Kind.ROOT and self.about is not None:
+                subdirs += 1
             attr.st_nlink = 2 + subdirs
         else:
             attr.st_mode = stat.S_IFREG | 0o444
@@ -65,6 +71,22 @@ class Operations(pyfuse3.Operations):
         attr.entry_timeout = attr.attr_timeout = IMMUTABLE_TIMEOUT
         return attr
 
+    def _about_attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+        """/.idcfs and its files: a directory and read-only files, sized as they are now."""
+        name = self._about_name(inode)
+        attr = self._attributes(Node(Kind.SERIES, 0) if name == "" else Node(Kind.FILE, 0),
+                                0 if name == "" else len(self.about.content(name)))
+        attr.st_ino = inode
+        attr.entry_timeout = attr.attr_timeout = 0
+        return attr
+
+    def _about_name(self, inode: int) -> str | None:
+        """'' for /.idcfs, a file's name for its files, None for any other inode."""
+        if self.about is None or inode >> 56 != ABOUT_INODE >> 56:
+            return None
+        i = inode & 0xFF
+        return "" if i == 0 else about.FILES[i - 1] if i <= len(about.FILES) else None
+
     def _node(self, inode: int) -> Node:
         node = self.tree.node(inode)
         if node is None:
@@ -76,6 +98,7 @@ class Operations(pyfuse3.Operations):
         try:
             return ref, await self.listings.get(ref)
         except SourceError as exc:
+            self.errors += 1
             log.error("%s", exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
@@ -88,6 +111,12 @@ class Operations(pyfuse3.Operations):
     # -- namespace --------------------------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx=None):
+        if self._about_name(parent_inode) == "":
+            if name.decode(errors="replace") not in about.FILES:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._about_attributes(ABOUT_INODE + 1 + about.FILES.index(name.decode()))
+        if parent_inode == ROOT.inode and self.about is not None and name == about.DIRECTORY.encode():
+            return self._about_attributes(ABOUT_INODE)
         parent = self._node(parent_inode)
         if parent.kind is Kind.FILE:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -104,6 +133,8 @@ class Operations(pyfuse3.Operations):
         return self._attributes(child)
 
     async def getattr(self, inode, ctx=None):
+        if self._about_name(inode) is not None:
+            return self._about_attributes(inode)
         node = self._node(inode)
         if node.kind is Kind.FILE:
             return self._attributes(node, await self._file_size(node))
@@ -113,12 +144,31 @@ class Operations(pyfuse3.Operations):
         """Inodes are derived from positions, so there is nothing to free."""
 
     async def opendir(self, inode, ctx):
+        if self._about_name(inode) == "":
+            return inode
         if not self._node(inode).is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
     async def readdir(self, fh, start_id, token):
+        if self._about_name(fh) == "":
+            for i in range(start_id, len(about.FILES)):
+                attr = self._about_attributes(ABOUT_INODE + 1 + i)
+                if not pyfuse3.readdir_reply(token, about.FILES[i].encode(), attr, i + 1):
+                    return
+            return
         node = self._node(fh)
+        if node.kind is Kind.ROOT and self.about is not None:
+            # /.idcfs comes first; the collections follow, one position further on.
+            if start_id == 0:
+                attr = self._about_attributes(ABOUT_INODE)
+                if not pyfuse3.readdir_reply(token, about.DIRECTORY.encode(), attr, 1):
+                    return
+                start_id = 1
+            for i, (name, child) in enumerate(self.tree.children(node, start_id - 1), start_id):
+                if not pyfuse3.readdir_reply(token, name.encode(), self._attributes(child), i + 1):
+                    return
+            return
         if node.kind is Kind.SERIES:
             _, listing = await self._listing(node.index)
             for i in range(start_id, len(listing.names)):
@@ -134,6 +184,8 @@ class Operations(pyfuse3.Operations):
                 return
 
     async def _metadata(self, inode: int) -> dict[str, str]:
+        if self._about_name(inode) is not None:
+            return {}
         node = self._node(inode)
         if node.kind is not Kind.FILE:
             return self.tree.metadata(node)
@@ -169,6 +221,11 @@ class Operations(pyfuse3.Operations):
     # -- reading ----------------------------------------------------------------------------
 
     async def open(self, inode, flags, ctx):
+        name = self._about_name(inode)
+        if name:
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+                raise pyfuse3.FUSEError(errno.EROFS)
+            return pyfuse3.FileInfo(fh=self._handle(self.about.content(name)), direct_io=True)
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -180,19 +237,26 @@ class Operations(pyfuse3.Operations):
         def object_at(i: int) -> ObjectRef:
             return ObjectRef(ref.bucket, ref.prefix + listing.names[i], listing.sizes[i])
 
-        fh = self._next_fh
-        self._next_fh += 1
-        self._open[fh] = Stream(object_at(node.file))
+        fh = self._handle(Stream(object_at(node.file)))
         self.reader.opened(ref, node.file, len(listing.names), object_at)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _handle(self, opened: Stream | bytes) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._open[fh] = opened
+        return fh
 
     async def read(self, fh, off, size):
         stream = self._open.get(fh)
         if stream is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if isinstance(stream, bytes):
+            return stream[off:off + size]
         try:
             return await self.reader.read(stream, off, size)
         except SourceError as exc:
+            self.errors += 1
             log.error("%s", exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
@@ -200,7 +264,8 @@ class Operations(pyfuse3.Operations):
         self._open.pop(fh, None)
 
     async def access(self, inode, mode, ctx):
-        self._node(inode)
+        if self._about_name(inode) is None:
+            self._node(inode)
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
         return True

@@ -192,7 +192,7 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
         _write(tmp / "rows.arrow", rows)
         meta = {
             "format": FORMAT_VERSION,
-            "source": str(parquet),
+            "index": str(parquet),
             "rows": table.num_rows,
             "files": int(pc.sum(table.column("instance_count")).as_py() or 0),
             "bytes": int((pc.sum(table.column("size_mb")).as_py() or 0) * 1_000_000),
@@ -200,6 +200,7 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
             "idc_version": sel.idc_version,
             "source": sel.source,
             "selection": sel.key(),
+            "citations": _citations(table),
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.rename(tmp, dest)
@@ -208,6 +209,16 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
         if not dest.is_dir():
             raise
     log.info("built the tree of %d series in %.1f s", table.num_rows, time.monotonic() - started)
+
+
+def _citations(table: pa.Table) -> list[dict]:
+    """What a user of this mount must cite: each source DOI with its license and extent."""
+    grouped = table.group_by(["source_DOI", "license_short_name"]).aggregate(
+        [("collection_id", "distinct"), ("series_name", "count")])
+    out = [{"source_DOI": r["source_DOI"], "license": r["license_short_name"],
+            "collections": sorted(r["collection_id_distinct"]), "series": r["series_name_count"]}
+           for r in grouped.to_pylist()]
+    return sorted(out, key=lambda c: (c["collections"], c["source_DOI"] or ""))
 
 
 def _release_timestamp_ns(parquet: Path, version: int | None) -> int:

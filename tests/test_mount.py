@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -41,8 +42,8 @@ def all_files(sample, mount: Path):
             yield series_dir(mount, row) / name, data
 
 
-def test_root_lists_every_collection_of_the_index(sample, mount):
-    assert sorted(os.listdir(mount)) == sorted(expected_tree(sample.rows))
+def test_root_lists_every_collection_of_the_index_and_the_idcfs_directory(sample, mount):
+    assert sorted(os.listdir(mount)) == sorted([*expected_tree(sample.rows), ".idcfs"])
 
 
 def test_every_directory_lists_what_the_index_says(sample, mount):
@@ -162,7 +163,7 @@ def test_directories_are_0555_and_files_0444_with_stable_times(sample, mount):
 
 def test_directory_link_counts_count_subdirectories(sample, mount):
     tree = expected_tree(sample.rows)
-    assert mount.stat().st_nlink == 2 + len(tree)
+    assert mount.stat().st_nlink == 2 + len(tree) + 1  # the collections and /.idcfs
     coll = next(iter(tree))
     assert (mount / coll).stat().st_nlink == 2 + len(tree[coll])
 
@@ -274,3 +275,35 @@ def test_getfattr_dumps_the_attributes_and_unknown_ones_are_enodata(sample, moun
     with pytest.raises(OSError) as err:
         os.getxattr(folder, "user.idc.nothing")
     assert err.value.errno == errno.ENODATA
+
+
+def test_the_idcfs_directory_tells_version_options_stats_and_citations(sample, mount):
+    about = mount / ".idcfs"
+    assert sorted(os.listdir(about)) == ["citations", "options", "stats", "version"]
+    assert (about / "version").read_text() == "25\n"
+    options = json.loads((about / "options").read_text())
+    assert options["idc_version"] == 25 and options["source"] == "aws"
+    assert options["series"] == len(sample.rows)
+    before = json.loads((about / "stats").read_text())
+    path, data = next(all_files(sample, mount))
+    assert path.read_bytes() == data
+    after = json.loads((about / "stats").read_text())
+    assert after["bytes_fetched"] >= before.get("bytes_fetched", 0)
+    assert set(after) >= {"fetches", "errors", "disk_cache_bytes", "listings_fetched"}
+    lines = (about / "citations").read_text().splitlines()
+    assert lines[0] == "source_DOI\tlicense\tseries\tcollections"
+    cited = {}
+    for line in lines[1:]:
+        doi, license_name, series, _ = line.split("\t")
+        cited[(doi, license_name)] = int(series)
+    expected = {}
+    for r in sample.rows:
+        key = (f"https://doi.org/{r['source_DOI']}", r["license_short_name"])
+        expected[key] = expected.get(key, 0) + 1
+    assert cited == expected
+
+
+def test_the_idcfs_directory_is_read_only(mount):
+    with pytest.raises(OSError) as err:
+        open(mount / ".idcfs" / "version", "w")
+    assert err.value.errno == errno.EROFS
