@@ -143,3 +143,18 @@ def test_help_lists_every_option():
                          capture_output=True, text=True, check=True).stdout
     for option in ("--index", "--endpoint-url", "--cache-dir", "--foreground", "--debug", "-o"):
         assert option in out
+
+
+@pytest.mark.parametrize("command", [["mount"], ["cache", "stats"], ["cache", "clear"],
+                                     ["cache", "warm"]])
+def test_every_option_in_the_help_is_documented_in_the_readme(command):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    out = subprocess.run([sys.executable, "-m", "idcfs", *command, "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", out)) - {"--help"}
+    assert options, out
+    missing = sorted(o for o in options if o not in readme)
+    assert not missing, f"not in README.md: {missing}"
