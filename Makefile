@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip install --quiet --constraint constraints.txt
 
-.PHONY: install dev demo test bench clean
+.PHONY: install install-system dev demo test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -11,6 +11,16 @@ $(VENV)/bin/python:
 install: $(VENV)/bin/python
 	$(PIP) -e .
 	@echo "idcfs installed: $(VENV)/bin/idcfs"
+
+# As root: `idcfs` on the PATH, the mount(8) helper (fstab, mount -t fuse.idcfs), the systemd units.
+install-system: install
+	ln -sf $(CURDIR)/$(VENV)/bin/idcfs /usr/local/bin/idcfs
+	ln -sf $(CURDIR)/$(VENV)/bin/mount.fuse.idcfs /sbin/mount.fuse.idcfs
+	install -m 0644 systemd/idcfs@.service /etc/systemd/system/idcfs@.service
+	install -d /etc/systemd/user /etc/idcfs
+	install -m 0644 systemd/user/idcfs@.service /etc/systemd/user/idcfs@.service
+	-systemctl daemon-reload 2>/dev/null
+	@echo "installed: /usr/local/bin/idcfs, /sbin/mount.fuse.idcfs, idcfs@.service (system and user)"
 
 dev: $(VENV)/bin/python
 	$(PIP) -e '.[test]'

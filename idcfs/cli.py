@@ -28,6 +28,7 @@ from .selection import check as check_selection
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 GCS_ENDPOINT = "https://storage.googleapis.com"
+FUSE_CONF = "/etc/fuse.conf"
 
 # FUSE and mount(8) options handed to the kernel as they are.
 FUSE_OPTIONS = {
@@ -131,6 +132,13 @@ def _parser() -> argparse.ArgumentParser:
         help="connections to the object store at most (default: 64)",
     )
     mount.add_argument(
+        "--uid", type=int, metavar="UID", help="owner of every file (default: the mounting user)")
+    mount.add_argument(
+        "--gid", type=int, metavar="GID", help="group of every file (default: the mounting user's)")
+    mount.add_argument(
+        "--umask", type=lambda text: int(text, 8), metavar="MASK",
+        help="octal mask taken from the modes 0555/0444, e.g. 027 (default: 0)")
+    mount.add_argument(
         "-f", "--foreground", action="store_true", default=None,
         help="stay in the foreground, logging to stderr",
     )
@@ -154,6 +162,10 @@ def _parser() -> argparse.ArgumentParser:
 
     umount = sub.add_parser("umount", help="unmount an idcfs mount", description="Unmount MOUNTPOINT.")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+
+    sub.add_parser("status", help="list the idcfs mounts with their version, cache use and health",
+                   description="List the idcfs mounts of this machine with the IDC version they "
+                   "show, their disk cache use and their health (answering, stale, hung).")
 
     cache = sub.add_parser("cache", help="inspect, clear or warm the cache",
                            description="Inspect, clear or warm the cache.")
@@ -269,6 +281,20 @@ def _check_fuse() -> None:
         raise UsageError("fusermount3 not found: install the fuse3 package")
 
 
+def _check_allow_other(fuse_options: set[str]) -> None:
+    """allow_other needs root, or `user_allow_other` in /etc/fuse.conf; say so before mounting."""
+    if "allow_other" not in fuse_options or os.getuid() == 0:
+        return
+    try:
+        with open(FUSE_CONF) as conf:
+            allowed = any(line.split("#", 1)[0].strip() == "user_allow_other" for line in conf)
+    except OSError:
+        allowed = False
+    if not allowed:
+        raise UsageError("allow_other needs 'user_allow_other' in /etc/fuse.conf "
+                         "(as root: echo user_allow_other >> /etc/fuse.conf)")
+
+
 def _prepare_cache_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -284,6 +310,7 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
     """Check everything a person could get wrong and settle the options of the mount."""
     fuse = _apply_o_options(args, parser)
     _check_fuse()
+    _check_allow_other(fuse)
     mountpoint = _check_mountpoint(args.mountpoint)
     index_dir = args.index or default_index_dir()
     check_index_dir(index_dir)
@@ -319,6 +346,9 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
         log_level=level,
         log_file=args.log_file.resolve() if args.log_file else None,
         max_connections=args.max_connections or 64,
+        uid=args.uid if args.uid is not None else os.getuid(),
+        gid=args.gid if args.gid is not None else os.getgid(),
+        umask=args.umask or 0,
         cache_size=cache_size,
         memory_cache_size=args.memory_cache_size or MountConfig.memory_cache_size,
         fuse_options=frozenset(fuse),
@@ -361,6 +391,34 @@ def umount(mountpoint: Path) -> int:
     return 0
 
 
+def mount_helper(argv: list[str] | None = None) -> int:
+    """`mount.fuse.idcfs SOURCE MOUNTPOINT [-o OPTIONS] [-fnsv]`: what mount(8) and fstab call.
+
+    The source field is ignored (IDC is the source; write `idcfs` there). `-f` (fake) does
+    nothing; `-n`, `-s` and `-v` have no meaning here. Every option goes to `idcfs mount -o`.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    positional, options = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg == "-o":
+            options.append(next(args, ""))
+        elif arg.startswith("-o"):
+            options.append(arg[2:])
+        elif arg == "-t":
+            next(args, None)
+        elif arg == "-f":
+            return 0
+        elif arg in ("-n", "-s", "-v"):
+            continue
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        print("usage: mount.fuse.idcfs idcfs MOUNTPOINT [-o OPTIONS]", file=sys.stderr)
+        return 1
+    return main(["mount", positional[1], *(["-o", ",".join(options)] if options else [])])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
@@ -368,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "umount":
             return umount(args.mountpoint)
+        if args.command == "status":
+            from . import status
+
+            return status.run()
         if args.command == "cache":
             from . import cachecmd
 

@@ -51,6 +51,9 @@ class MountConfig:
     log_level: str = "INFO"
     log_file: Path | None = None
     max_connections: int = 64
+    uid: int = 0
+    gid: int = 0
+    umask: int = 0
     cache_size: int = 10 << 30
     memory_cache_size: int = 96 << 20
     fuse_options: frozenset[str] = frozenset()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import sys
@@ -43,10 +44,14 @@ class MountFailed(Exception):
 
 
 def setup_logging(level: str) -> None:
+    """Log to stderr: a terminal in the foreground, the log file in the background, and the
+    journal under systemd (which stamps the time itself)."""
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(levelname)s %(name)s: %(message)s" if journal
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if level != "DEBUG":
         for noisy in ("botocore", "aiobotocore", "urllib3"):
@@ -57,6 +62,21 @@ def _announce(ready_fd: int | None, message: str) -> None:
     if ready_fd is not None:
         os.write(ready_fd, message.encode())
         os.close(ready_fd)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) how the daemon is doing; nothing when not run by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", address, exc)
 
 
 async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, started: float) -> None:
@@ -85,6 +105,7 @@ async def _ready_when_answering(cfg: MountConfig, ready_fd: int | None, started:
     _raise_readahead(st.st_dev)
     log.info("mounted %s in %.2f s", cfg.mountpoint, time.monotonic() - started)
     _announce(ready_fd, "ready")
+    sd_notify(f"READY=1\nSTATUS=IDC version {cfg.selection.idc_version} mounted at {cfg.mountpoint}")
 
 
 def _raise_readahead(device: int) -> None:
@@ -106,6 +127,7 @@ async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
     """Let requests in flight finish for a moment, then stop whatever is left."""
     async for signum in signals:
         log.info("%s received: unmounting", signal.Signals(signum).name)
+        sd_notify("STOPPING=1")
         pyfuse3.terminate()
         await trio.sleep(STOP_GRACE_SECONDS)
         scope.cancel()
@@ -154,7 +176,8 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
                 "blocks_not_written_disk_busy": cache.writer.skipped}
 
     ops = Operations(tree, listings, Reader(cache, concurrency=max(4, cfg.max_connections // 2)),
-                     About(tree.files.meta, options, stats))
+                     About(tree.files.meta, options, stats), owner=(cfg.uid, cfg.gid),
+                     umask=cfg.umask)
     try:
         trio.run(_serve, cfg, ops, ready_fd, started)
     except MountFailed as exc:

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import stat
+import time
 import pyfuse3
 
 from . import about, naming
@@ -29,6 +30,30 @@ XATTR_PREFIX = "user.idc."
 ABOUT_INODE = 6 << 56
 
 
+class FailureLog:
+    """Each failed request is logged once with its cause, but a storm (an endpoint gone while
+    thousands of reads fail) is logged as a count every few seconds, not line by line."""
+
+    def __init__(self, burst: int = 10, period: float = 10.0) -> None:
+        self.burst, self.period = burst, period
+        self._window_start = 0.0
+        self._in_window = 0
+        self._suppressed = 0
+
+    def log(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._window_start >= self.period:
+            if self._suppressed:
+                log.error("%d more failed requests in the last %.0f s were not logged one by one",
+                          self._suppressed, self.period)
+            self._window_start, self._in_window, self._suppressed = now, 0, 0
+        if self._in_window < self.burst:
+            self._in_window += 1
+            log.error("%s", exc)
+        else:
+            self._suppressed += 1
+
+
 class Operations(pyfuse3.Operations):
     """A read-only view of the tree; file bytes come through the reader (cache and prefetch)."""
 
@@ -37,15 +62,17 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, tree: Tree, listings: Listings, reader: Reader,
-                 info: about.About | None = None) -> None:
+                 info: about.About | None = None, owner: tuple[int, int] | None = None,
+                 umask: int = 0) -> None:
         super().__init__()
         self.tree = tree
         self.listings = listings
         self.reader = reader
         self.about = info
         self.errors = 0
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        self.uid, self.gid = owner if owner is not None else (os.getuid(), os.getgid())
+        self.umask = umask
+        self._failures = FailureLog()
         self._open: dict[int, Stream | bytes] = {}
         self._next_fh = 1
 
@@ -55,13 +82,13 @@ class Operations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.inode
         if node.is_dir:
-            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_mode = stat.S_IFDIR | (0o555 & ~self.umask)
             subdirs = self.tree.child_count(node) if node.kind < Kind.SERIES else 0
             if node.kind is Kind.ROOT and self.about is not None:
                 subdirs += 1
             attr.st_nlink = 2 + subdirs
         else:
-            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_mode = stat.S_IFREG | (0o444 & ~self.umask)
             attr.st_nlink = 1
             attr.st_size = size
             attr.st_blocks = (size + 511) // 512
@@ -99,7 +126,7 @@ class Operations(pyfuse3.Operations):
             return ref, await self.listings.get(ref)
         except SourceError as exc:
             self.errors += 1
-            log.error("%s", exc)
+            self._failures.log(exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
     async def _file_size(self, node: Node) -> int:
@@ -257,7 +284,7 @@ class Operations(pyfuse3.Operations):
             return await self.reader.read(stream, off, size)
         except SourceError as exc:
             self.errors += 1
-            log.error("%s", exc)
+            self._failures.log(exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
     async def release(self, fh):

@@ -1,0 +1,62 @@
+"""`idcfs status`: every idcfs mount on this machine, with its release, cache use and health."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import json
+import os
+import sys
+
+from .about import DIRECTORY
+
+TIMEOUT = 5.0
+
+
+def _mounts() -> list[str]:
+    with open("/proc/mounts") as mounts:
+        return [line.split()[1].replace("\\040", " ") for line in mounts
+                if line.split()[2] == "fuse.idcfs"]
+
+
+def _probe(mountpoint: str) -> dict:
+    about = os.path.join(mountpoint, DIRECTORY)
+    with open(os.path.join(about, "options")) as f:
+        options = json.load(f)
+    with open(os.path.join(about, "stats")) as f:
+        stats = json.load(f)
+    return {"options": options, "stats": stats}
+
+
+def _row(mountpoint: str, pool: concurrent.futures.ThreadPoolExecutor) -> list[str]:
+    future = pool.submit(_probe, mountpoint)
+    try:
+        found = future.result(timeout=TIMEOUT)
+    except concurrent.futures.TimeoutError:
+        return [mountpoint, "?", "?", f"not answering after {TIMEOUT:.0f} s", ""]
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return [mountpoint, "?", "?", f"stale: its daemon died (clear it: idcfs umount {mountpoint})", ""]
+        return [mountpoint, "?", "?", f"error: {exc.strerror}", ""]
+    options, stats = found["options"], found["stats"]
+    errors = stats.get("errors", 0)
+    cache = f"{stats.get('disk_cache_bytes', 0) / 1e9:.2f} of {stats.get('disk_cache_limit', 0) / 1e9:.1f} GB"
+    health = "ok" if not errors else f"ok, {errors} failed request(s) (see its log)"
+    return [mountpoint, str(options.get("idc_version")), options.get("source", "?"), health, cache]
+
+
+def run() -> int:
+    mounts = _mounts()
+    if not mounts:
+        print("no idcfs mounts")
+        return 0
+    rows = [["MOUNTPOINT", "VERSION", "SOURCE", "HEALTH", "DISK CACHE"]]
+    # Threads that never return (a hung mount) must not keep the command from exiting.
+    pool = concurrent.futures.ThreadPoolExecutor(len(mounts))
+    rows += [_row(m, pool) for m in mounts]
+    pool.shutdown(wait=False, cancel_futures=True)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    sys.stdout.flush()
+    return 0
