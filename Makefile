@@ -19,7 +19,7 @@ install-system: install
 	install -m 0644 systemd/idcfs@.service /etc/systemd/system/idcfs@.service
 	install -d /etc/systemd/user /etc/idcfs
 	install -m 0644 systemd/user/idcfs@.service /etc/systemd/user/idcfs@.service
-	-systemctl daemon-reload 2>/dev/null
+	@systemctl daemon-reload 2>/dev/null || echo "systemd is not running here; run 'systemctl daemon-reload' where it is"
 	@echo "installed: /usr/local/bin/idcfs, /sbin/mount.fuse.idcfs, idcfs@.service (system and user)"
 
 dev: $(VENV)/bin/python

@@ -25,6 +25,8 @@ def helper():
     ours = Path(sys.executable).parent / "mount.fuse.idcfs"
     added = not HELPER.exists()
     if added:
+        if HELPER.is_symlink():  # left dangling by an install from a checkout since deleted
+            HELPER.unlink()
         HELPER.symlink_to(ours)
     yield HELPER
     if added:
