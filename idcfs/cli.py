@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from . import __version__
 from .config import MountConfig, default_cache_dir, default_cache_size, parse_size
 from .index import BadIndex, check_index_dir, default_index_dir, start_build
+from .layout import PRESETS
 from .selection import BadSelection, Selection, known_versions
 from .selection import check as check_selection
 
@@ -104,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--exclude-license", action="append", metavar="NAME",
         help="leave out series under this license_short_name (repeatable), e.g. 'CC BY-NC 4.0'",
+    )
+    mount.add_argument(
+        "--layout", metavar="TEMPLATE",
+        help="directory layout: a template of %%column placeholders and separators, levels "
+        "split by /, or a preset: " + ", ".join(PRESETS) + " (default: idc-index's, "
+        + PRESETS["default"].replace("%", "%%") + ")",
     )
     mount.add_argument(
         "--manifest", type=Path, metavar="FILE",
@@ -326,6 +333,7 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
         exclude_licenses=tuple(args.exclude_license or ()),
         filter=args.filter,
         manifest=str(args.manifest.resolve()) if args.manifest else None,
+        layout=args.layout or "default",
         manifest_sha256=(hashlib.sha256(args.manifest.read_bytes()).hexdigest()
                          if args.manifest and args.manifest.is_file() else None),
     )

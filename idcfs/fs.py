@@ -14,20 +14,21 @@ import os
 import stat
 import time
 import pyfuse3
+import trio
 
 from . import about, naming
 from .cache import ObjectRef
 from .listings import Listings
 from .prefetch import Reader, Stream
 from .source import SourceError
-from .tree import ROOT, Kind, Node, Tree
+from .tree import FILE, ROOT, Listing, Node, Tree
 
 log = logging.getLogger(__name__)
 
 IMMUTABLE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 1 << 20
 XATTR_PREFIX = "user.idc."
-ABOUT_INODE = 6 << 56
+ABOUT_INODE = 0x7E << 56  # above any layout level's depth (tree.FILE is 0x7F)
 
 
 class FailureLog:
@@ -79,13 +80,18 @@ class Operations(pyfuse3.Operations):
     # -- attributes, in one place ------------------------------------------------------------
 
     def _attributes(self, node: Node, size: int = 0) -> pyfuse3.EntryAttributes:
+        if not node.is_dir:
+            return self._stat(node.inode, False, size, 0)
+        subdirs = self.tree.child_count(node)
+        if node.depth == 0 and self.about is not None:
+            subdirs += 1
+        return self._stat(node.inode, True, 0, subdirs)
+
+    def _stat(self, inode: int, is_dir: bool, size: int, subdirs: int) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
-        attr.st_ino = node.inode
-        if node.is_dir:
+        attr.st_ino = inode
+        if is_dir:
             attr.st_mode = stat.S_IFDIR | (0o555 & ~self.umask)
-            subdirs = self.tree.child_count(node) if node.kind < Kind.SERIES else 0
-            if node.kind is Kind.ROOT and self.about is not None:
-                subdirs += 1
             attr.st_nlink = 2 + subdirs
         else:
             attr.st_mode = stat.S_IFREG | (0o444 & ~self.umask)
@@ -101,9 +107,7 @@ class Operations(pyfuse3.Operations):
     def _about_attributes(self, inode: int) -> pyfuse3.EntryAttributes:
         """/.idcfs and its files: a directory and read-only files, sized as they are now."""
         name = self._about_name(inode)
-        attr = self._attributes(Node(Kind.SERIES, 0) if name == "" else Node(Kind.FILE, 0),
-                                0 if name == "" else len(self.about.content(name)))
-        attr.st_ino = inode
+        attr = self._stat(inode, name == "", len(self.about.content(name)) if name else 0, 0)
         attr.entry_timeout = attr.attr_timeout = 0
         return attr
 
@@ -129,6 +133,31 @@ class Operations(pyfuse3.Operations):
             self._failures.log(exc)
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
+    async def _leaf(self, node: Node) -> list[tuple[int, Listing]]:
+        """(row, listing) of every series in a leaf directory, listed concurrently."""
+        first, end = self.tree.rows_of(node)
+        if end - first == 1:
+            return [(first, (await self._listing(first))[1])]
+        found: dict[int, Listing] = {}
+
+        async def one(row: int) -> None:
+            found[row] = (await self._listing(row))[1]
+
+        async with trio.open_nursery() as nursery:
+            for row in range(first, end):
+                nursery.start_soon(one, row)
+        return [(row, found[row]) for row in range(first, end)]
+
+    def _files(self, leaf: list[tuple[int, Listing]], start: int):
+        """(name, attributes) of a leaf's files from position start, series after series."""
+        position = 0
+        for row, listing in leaf:
+            count = len(listing.names)
+            for i in range(max(0, start - position), count):
+                yield (naming.encode(listing.names[i]),
+                       self._attributes(Node(FILE, row, i), listing.sizes[i]))
+            position += count
+
     async def _file_size(self, node: Node) -> int:
         _, listing = await self._listing(node.index)
         if node.file >= len(listing.sizes):
@@ -145,15 +174,15 @@ class Operations(pyfuse3.Operations):
         if parent_inode == ROOT.inode and self.about is not None and name == about.DIRECTORY.encode():
             return self._about_attributes(ABOUT_INODE)
         parent = self._node(parent_inode)
-        if parent.kind is Kind.FILE:
+        if not parent.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if parent.kind is Kind.SERIES:
+        if self.tree.is_leaf(parent):
             value = naming.decode(name)
-            _, listing = await self._listing(parent.index)
-            i = None if value is None else listing.find(value)
-            if i is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            return self._attributes(Node(Kind.FILE, parent.index, i), listing.sizes[i])
+            for row, listing in await self._leaf(parent):
+                i = None if value is None else listing.find(value)
+                if i is not None:
+                    return self._attributes(Node(FILE, row, i), listing.sizes[i])
+            raise pyfuse3.FUSEError(errno.ENOENT)
         child = self.tree.lookup(parent, name)
         if child is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -163,7 +192,7 @@ class Operations(pyfuse3.Operations):
         if self._about_name(inode) is not None:
             return self._about_attributes(inode)
         node = self._node(inode)
-        if node.kind is Kind.FILE:
+        if not node.is_dir:
             return self._attributes(node, await self._file_size(node))
         return self._attributes(node)
 
@@ -185,36 +214,29 @@ class Operations(pyfuse3.Operations):
                     return
             return
         node = self._node(fh)
-        if node.kind is Kind.ROOT and self.about is not None:
-            # /.idcfs comes first; the collections follow, one position further on.
+        shift = 0
+        if node.depth == 0 and self.about is not None:
+            # /.idcfs comes first; the root's own entries follow, one position further on.
             if start_id == 0:
                 attr = self._about_attributes(ABOUT_INODE)
                 if not pyfuse3.readdir_reply(token, about.DIRECTORY.encode(), attr, 1):
                     return
                 start_id = 1
-            for i, (name, child) in enumerate(self.tree.children(node, start_id - 1), start_id):
-                if not pyfuse3.readdir_reply(token, name.encode(), self._attributes(child), i + 1):
-                    return
-            return
-        if node.kind is Kind.SERIES:
-            _, listing = await self._listing(node.index)
-            for i in range(start_id, len(listing.names)):
-                child = Node(Kind.FILE, node.index, i)
-                attr = self._attributes(child, listing.sizes[i])
-                if not pyfuse3.readdir_reply(
-                    token, naming.encode(listing.names[i]).encode(), attr, i + 1
-                ):
-                    return
-            return
-        for i, (name, child) in enumerate(self.tree.children(node, start_id), start_id):
-            if not pyfuse3.readdir_reply(token, name.encode(), self._attributes(child), i + 1):
+            shift = 1
+        if self.tree.is_leaf(node):
+            entries = self._files(await self._leaf(node), start_id - shift)
+        else:
+            entries = ((name, self._attributes(child))
+                       for name, child in self.tree.children(node, start_id - shift))
+        for i, (name, attr) in enumerate(entries, start_id):
+            if not pyfuse3.readdir_reply(token, name.encode(), attr, i + 1):
                 return
 
     async def _metadata(self, inode: int) -> dict[str, str]:
         if self._about_name(inode) is not None:
             return {}
         node = self._node(inode)
-        if node.kind is not Kind.FILE:
+        if node.is_dir:
             return self.tree.metadata(node)
         _, listing = await self._listing(node.index)
         if node.file >= len(listing.names):

@@ -33,12 +33,12 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from . import selection
+from . import layout, selection
 from .selection import Selection
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 INDEX_FILE = "idc_index.parquet"
 REQUIRED_COLUMNS = (
     "collection_id",
@@ -50,8 +50,9 @@ REQUIRED_COLUMNS = (
     "aws_bucket",
 )
 PRIOR_FILE = selection.PRIOR_FILE
-SERIES_METADATA = ("SeriesInstanceUID", "Modality", "source_DOI", "license_short_name")
-LEVELS = ("collections", "patients", "studies")
+# Kept per series row, for extended attributes: the identifiers, then the citation columns.
+ROW_COLUMNS = ["collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
+TEXT_COLUMNS = ["source_DOI", "license_short_name"]
 
 
 class BadIndex(Exception):
@@ -97,47 +98,29 @@ def _tree_key(parquet: Path, sel: Selection) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
-def _build_sql(parquet: Path, disambiguate: bool) -> str:
-    """The tree's rows, sorted by path, from the view `selected` (see selection.rows)."""
-    # Series folders are named as idc-index's default dirTemplate names them
-    # (%Modality_%SeriesInstanceUID). If two rows of one study would get the same folder name, both
-    # get their crdc_series_uuid appended, so no row hides another and the order stays
-    # deterministic. That needs a window over every row (slower), so it is only done for an index
-    # where the plain build found such a clash.
-    name = "Modality || '_' || SeriesInstanceUID"
-    if disambiguate:
-        name = f"""CASE WHEN count(*) OVER (PARTITION BY collection_id, PatientID,
-                        StudyInstanceUID, {name}) > 1
-                   THEN {name} || '~' || crdc_series_uuid ELSE {name} END"""
+def _build_sql(parquet: Path, level_sql: list[str]) -> str:
+    """The tree's rows from the view `selected` (see selection.rows), named and sorted by path."""
+    names = pq.read_schema(parquet).names
+    levels = "".join(f"{sql} AS level_{d}, " for d, sql in enumerate(level_sql, 1))
+    order = ", ".join([f"level_{d}" for d in range(1, len(level_sql) + 1)] + ["crdc_series_uuid"])
+    per_row = ", ".join(f"coalesce({c}, '') AS {c}" for c in ROW_COLUMNS)
     return f"""
-        WITH rows AS (
-            SELECT coalesce(collection_id, '') AS collection_id,
-                   coalesce(PatientID, '') AS PatientID,
-                   coalesce(StudyInstanceUID, '') AS StudyInstanceUID,
-                   coalesce(Modality, '') AS Modality,
-                   coalesce(SeriesInstanceUID, '') AS SeriesInstanceUID,
-                   crdc_series_uuid, bucket,
-                   {_optional_text(parquet, 'source_DOI')} AS source_DOI,
-                   {_optional_text(parquet, 'license_short_name')} AS license_short_name,
-                   {_optional(parquet, 'instanceCount', 'BIGINT')} AS instance_count,
-                   {_optional(parquet, 'series_size_MB', 'DOUBLE')} AS size_mb
-            FROM selected
-        )
-        SELECT collection_id, PatientID, StudyInstanceUID, {name} AS series_name,
-               crdc_series_uuid, bucket, instance_count, size_mb, Modality, SeriesInstanceUID,
-               source_DOI, license_short_name
-        FROM rows
-        ORDER BY collection_id, PatientID, StudyInstanceUID, series_name
+        SELECT {levels}{per_row}, crdc_series_uuid, bucket,
+               {_optional_text(names, 'source_DOI')} AS source_DOI,
+               {_optional_text(names, 'license_short_name')} AS license_short_name,
+               {_optional(names, 'instanceCount', 'BIGINT')} AS instance_count,
+               {_optional(names, 'series_size_MB', 'DOUBLE')} AS size_mb
+        FROM selected
+        ORDER BY {order}
     """
 
 
-def _optional_text(parquet: Path, column: str) -> str:
-    return column if column in pq.read_schema(parquet).names else "CAST(NULL AS VARCHAR)"
+def _optional_text(names: list[str], column: str) -> str:
+    return column if column in names else "CAST(NULL AS VARCHAR)"
 
 
-def _optional(parquet: Path, column: str, sql_type: str) -> str:
-    return (f"coalesce({column}, 0)" if column in pq.read_schema(parquet).names
-            else f"CAST(0 AS {sql_type})")
+def _optional(names: list[str], column: str, sql_type: str) -> str:
+    return f"coalesce({column}, 0)" if column in names else f"CAST(0 AS {sql_type})"
 
 
 def _differs(column: pa.ChunkedArray) -> np.ndarray:
@@ -160,36 +143,24 @@ def _write(path: Path, table: pa.Table) -> None:
 def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
     """Build the tree files of the selected rows into dest (atomically: all or nothing)."""
     started = time.monotonic()
+    levels = layout.parse(sel.layout, pq.read_schema(parquet).names)
     con = selection.connect(parquet.parent)
     selection.rows(con, parquet.parent, sel).create_view("selected")
-    table = con.execute(_build_sql(parquet, disambiguate=False)).to_arrow_table()
-    # A run of a level starts where its value or any value above it changes.
-    new = np.logical_or.accumulate([_differs(table.column(c)) for c in (
-        "collection_id", "PatientID", "StudyInstanceUID", "series_name")], axis=0)
-    if not new[3].all():
-        log.warning("%s names two series of one study alike; telling them apart", parquet)
-        table = con.execute(_build_sql(parquet, disambiguate=True)).to_arrow_table()
+    table = con.execute(_build_sql(parquet, [layout.level_sql(p) for p in levels])).to_arrow_table()
     con.close()
-    starts = {level: np.flatnonzero(new[i]).astype(np.int64) for i, level in enumerate(LEVELS)}
-    coll, pat, study = (table.column(c) for c in ("collection_id", "PatientID", "StudyInstanceUID"))
+    # A run of a level starts where its name or the name of any level above it changes.
+    names = [table.column(f"level_{d}") for d in range(1, len(levels) + 1)]
+    new = np.logical_or.accumulate([_differs(c) for c in names], axis=0) if names else []
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest.parent))
     try:
-        for level, column in zip(LEVELS, (coll, pat, study)):
-            s = starts[level]
-            names = column.take(pa.array(s))
-            _write(tmp / f"{level}.arrow", pa.table({"name": names, "start": pa.array(s)}))
-        rows = pa.table(
-            {
-                "series_name": table.column("series_name"),
-                "crdc_series_uuid": table.column("crdc_series_uuid"),
-                "bucket": pc.dictionary_encode(table.column("bucket")),
-                "SeriesInstanceUID": table.column("SeriesInstanceUID"),
-                "Modality": pc.dictionary_encode(table.column("Modality")),
-                "source_DOI": pc.dictionary_encode(table.column("source_DOI")),
-                "license_short_name": pc.dictionary_encode(table.column("license_short_name")),
-            }
-        )
-        _write(tmp / "rows.arrow", rows)
+        for d, column in enumerate(names, 1):
+            s = np.flatnonzero(new[d - 1]).astype(np.int64)
+            _write(tmp / f"level_{d}.arrow",
+                   pa.table({"name": column.take(pa.array(s)), "start": pa.array(s)}))
+        rows = {"crdc_series_uuid": table.column("crdc_series_uuid"),
+                "bucket": pc.dictionary_encode(table.column("bucket"))}
+        rows.update({c: pc.dictionary_encode(table.column(c)) for c in ROW_COLUMNS + TEXT_COLUMNS})
+        _write(tmp / "rows.arrow", pa.table(rows))
         meta = {
             "format": FORMAT_VERSION,
             "index": str(parquet),
@@ -200,6 +171,8 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
             "idc_version": sel.idc_version,
             "source": sel.source,
             "selection": sel.key(),
+            "layout": layout.resolve(sel.layout),
+            "level_columns": layout.columns_of(levels),
             "citations": _citations(table),
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
@@ -214,9 +187,9 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
 def _citations(table: pa.Table) -> list[dict]:
     """What a user of this mount must cite: each source DOI with its license and extent."""
     grouped = table.group_by(["source_DOI", "license_short_name"]).aggregate(
-        [("collection_id", "distinct"), ("series_name", "count")])
+        [("collection_id", "distinct"), ("crdc_series_uuid", "count")])
     out = [{"source_DOI": r["source_DOI"], "license": r["license_short_name"],
-            "collections": sorted(r["collection_id_distinct"]), "series": r["series_name_count"]}
+            "collections": sorted(r["collection_id_distinct"]), "series": r["crdc_series_uuid_count"]}
            for r in grouped.to_pylist()]
     return sorted(out, key=lambda c: (c["collections"], c["source_DOI"] or ""))
 
@@ -250,12 +223,9 @@ class Level:
 
 @dataclass(frozen=True)
 class TreeFiles:
-    """The memory-mapped tree: three directory levels above the series rows."""
+    """The memory-mapped tree: the directory levels of the layout above the series rows."""
 
-    collections: Level
-    patients: Level
-    studies: Level
-    series_names: pa.Array
+    levels: tuple[Level, ...]
     crdc_series_uuids: pa.Array
     buckets: pa.DictionaryArray
     columns: dict[str, pa.Array]
@@ -271,19 +241,18 @@ def _read(path: Path) -> pa.RecordBatch:
 
 def open_tree(path: Path) -> TreeFiles:
     """Memory-map built tree files; costs milliseconds and no memory per series."""
+    meta = json.loads((path / "meta.json").read_text())
     levels = []
-    for level in LEVELS:
-        t = _read(path / f"{level}.arrow")
-        starts = t.column("start").to_numpy(zero_copy_only=True)
-        levels.append(Level(t.column("name"), starts))
+    for d in range(1, len(meta["level_columns"]) + 1):
+        t = _read(path / f"level_{d}.arrow")
+        levels.append(Level(t.column("name"), t.column("start").to_numpy(zero_copy_only=True)))
     rows = _read(path / "rows.arrow")
     return TreeFiles(
-        *levels,
-        series_names=rows.column("series_name"),
+        levels=tuple(levels),
         crdc_series_uuids=rows.column("crdc_series_uuid"),
         buckets=rows.column("bucket"),
-        columns={name: rows.column(name) for name in SERIES_METADATA},
-        meta=json.loads((path / "meta.json").read_text()),
+        columns={name: rows.column(name) for name in ROW_COLUMNS + TEXT_COLUMNS},
+        meta=meta,
     )
 
 

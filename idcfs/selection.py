@@ -36,6 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import layout
+
 PRIOR_FILE = "prior_versions_index.parquet"
 VERSIONS_FILE = "version_metadata_index.parquet"
 GCS_BUCKETS = {
@@ -62,6 +64,7 @@ class Selection:
     filter: str | None = None
     manifest: str | None = None
     manifest_sha256: str | None = None
+    layout: str = "default"
 
     def key(self) -> str:
         """A stable text of everything that changes which rows are shown."""
@@ -187,6 +190,10 @@ def check(index_dir: Path, sel: Selection) -> str | None:
     rejects; return a notice for a person when manifest entries are not in the release."""
     import duckdb
 
+    try:
+        layout.parse(sel.layout, pq.read_schema(index_dir / "idc_index.parquet").names)
+    except layout.BadLayout as exc:
+        raise BadSelection(str(exc)) from None
     if sel.idc_version is not None:
         versions = known_versions(index_dir)
         if sel.idc_version not in versions:

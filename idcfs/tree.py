@@ -1,65 +1,60 @@
 """The directory tree over the memory-mapped index: lookups and listings, no FUSE, no I/O.
 
-Every directory is a run of sorted index rows, so its inode number is derived from its position
-(level and run number) instead of being allocated: nothing is stored per directory, an inode
-means the same thing for the life of the mount, and `forget` has nothing to free. Files are
-numbered by their series row and their position in the series listing.
+The layout's levels (collection/patient/study/series by default) are runs of sorted index rows,
+so a directory's inode number is derived from its position (depth and run number) instead of
+being allocated: nothing is stored per directory, an inode means the same thing for the life of
+the mount, and `forget` has nothing to free. The deepest level's directories ("leaves") hold
+files: the objects of the series rows of their run (usually one series; several where the
+layout merges them). A file is numbered by its series row and its position in that series'
+listing.
 
-Inode layout (64 bits): the top byte is the kind; directories keep their run number below it;
-files keep the series row in bits 24-55 and the file's position in the low 24 bits (the largest
-IDC series has ~92k instances).
+Inode layout (64 bits): the top byte is the depth of a directory (1 for the first level), or
+FILE for a file; directories keep their run number below it; files keep the series row in bits
+24-55 and the file's position in the low 24 bits (the largest IDC series has ~92k instances).
 """
 
 from __future__ import annotations
 
 import bisect
-import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import naming
-from .index import Level, TreeFiles
+from .index import TreeFiles
 
 ROOT_INODE = 1
+FILE = 0x7F
 _KIND_SHIFT = 56
 _ROW_SHIFT = 24
 _LOW_MASK = (1 << _ROW_SHIFT) - 1
 _IDX_MASK = (1 << _KIND_SHIFT) - 1
-
-
-class Kind(enum.IntEnum):
-    ROOT = 0
-    COLLECTION = 1
-    PATIENT = 2
-    STUDY = 3
-    SERIES = 4
-    FILE = 5
+_ROW_MASK = (1 << (_KIND_SHIFT - _ROW_SHIFT)) - 1
 
 
 @dataclass(frozen=True, slots=True)
 class Node:
-    """A directory (kind, run number) or a file (FILE, series row, position in the listing)."""
+    """A directory (depth, run number; the root is depth 0) or a file (FILE, row, position)."""
 
-    kind: Kind
+    depth: int
     index: int
     file: int = 0
 
     @property
     def inode(self) -> int:
-        if self.kind is Kind.ROOT:
+        if self.depth == 0:
             return ROOT_INODE
-        if self.kind is Kind.FILE:
-            return (Kind.FILE << _KIND_SHIFT) | (self.index << _ROW_SHIFT) | self.file
-        return (self.kind << _KIND_SHIFT) | self.index
+        if self.depth == FILE:
+            return (FILE << _KIND_SHIFT) | (self.index << _ROW_SHIFT) | self.file
+        return (self.depth << _KIND_SHIFT) | self.index
 
     @property
     def is_dir(self) -> bool:
-        return self.kind is not Kind.FILE
+        return self.depth != FILE
 
 
-ROOT = Node(Kind.ROOT, 0)
+ROOT = Node(0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,59 +82,63 @@ class Listing:
 
 
 class Tree:
-    """Lookup and listing over the levels collection/patient/study/series of the index."""
+    """Lookup and listing over the directory levels of the index."""
 
     def __init__(self, files: TreeFiles) -> None:
         self.files = files
-        self.levels: tuple[Level, ...] = (files.collections, files.patients, files.studies)
-        self.rows = len(files.series_names)
+        self.levels = files.levels
+        self.depth = len(self.levels)
+        self.rows = len(files.crdc_series_uuids)
         self.timestamp_ns: int = int(files.meta.get("timestamp_ns", 0))
 
     def node(self, inode: int) -> Node | None:
         """The node an inode number stands for, or None if it stands for nothing."""
         if inode == ROOT_INODE:
             return ROOT
-        kind_value = inode >> _KIND_SHIFT
-        if kind_value == Kind.FILE:
-            row = (inode >> _ROW_SHIFT) & ((1 << (_KIND_SHIFT - _ROW_SHIFT)) - 1)
-            return Node(Kind.FILE, row, inode & _LOW_MASK) if row < self.rows else None
-        if not Kind.COLLECTION <= kind_value <= Kind.SERIES:
-            return None
-        kind, index = Kind(kind_value), inode & _IDX_MASK
-        limit = self.rows if kind is Kind.SERIES else len(self.levels[kind - 1])
-        return Node(kind, index) if index < limit else None
+        kind = inode >> _KIND_SHIFT
+        if kind == FILE:
+            row = (inode >> _ROW_SHIFT) & _ROW_MASK
+            return Node(FILE, row, inode & _LOW_MASK) if row < self.rows else None
+        index = inode & _IDX_MASK
+        if 1 <= kind <= self.depth and index < len(self.levels[kind - 1]):
+            return Node(kind, index)
+        return None
+
+    def is_leaf(self, node: Node) -> bool:
+        """Whether a directory holds files (the deepest level; the root in a flat layout)."""
+        return node.depth == self.depth
+
+    def rows_of(self, node: Node) -> tuple[int, int]:
+        """The series rows [first, end) under a directory."""
+        if node.depth == 0:
+            return 0, self.rows
+        level = self.levels[node.depth - 1]
+        first = int(level.starts[node.index])
+        end = int(level.starts[node.index + 1]) if node.index + 1 < len(level) else self.rows
+        return first, end
 
     def _child_range(self, node: Node) -> tuple[int, int]:
-        """The run numbers (or rows, below a study) of a directory's children."""
-        if node.kind is Kind.ROOT:
-            return 0, len(self.levels[0])
-        level = self.levels[node.kind - 1]
-        lo_row = int(level.starts[node.index])
-        hi_row = int(level.starts[node.index + 1]) if node.index + 1 < len(level) else self.rows
-        if node.kind is Kind.STUDY:
-            return lo_row, hi_row
-        below = self.levels[node.kind].starts
-        return (
-            int(np.searchsorted(below, lo_row, side="left")),
-            int(np.searchsorted(below, hi_row, side="left")),
-        )
-
-    def _child_names(self, node: Node):
-        return self.files.series_names if node.kind is Kind.STUDY else self.levels[node.kind].names
+        """The run numbers of a directory's subdirectories on the next level."""
+        first, end = self.rows_of(node)
+        below = self.levels[node.depth].starts
+        return (int(np.searchsorted(below, first, side="left")),
+                int(np.searchsorted(below, end, side="left")))
 
     def child_count(self, node: Node) -> int:
-        """Number of subdirectories of a directory above the series level."""
+        """Number of subdirectories of a directory (none for a leaf)."""
+        if self.is_leaf(node):
+            return 0
         lo, hi = self._child_range(node)
         return hi - lo
 
     def lookup(self, parent: Node, name: str | bytes) -> Node | None:
-        """The child directory called name, for parents above the series level."""
+        """The subdirectory called name, for parents that are not leaves."""
         value = naming.decode(name)
-        if value is None or parent.kind >= Kind.SERIES:
+        if value is None or not parent.is_dir or self.is_leaf(parent):
             return None
         lo, end = self._child_range(parent)
         hi = end
-        names = self._child_names(parent)
+        names = self.levels[parent.depth].names
         while lo < hi:
             mid = (lo + hi) // 2
             if names[mid].as_py() < value:
@@ -147,50 +146,39 @@ class Tree:
             else:
                 hi = mid
         if lo < end and names[lo].as_py() == value:
-            return Node(Kind(parent.kind + 1), lo)
+            return Node(parent.depth + 1, lo)
         return None
 
     def children(self, parent: Node, start: int = 0) -> Iterator[tuple[str, Node]]:
         """(name, node) of a directory's subdirectories, from position start, in a fixed order."""
+        if self.is_leaf(parent):
+            return
         lo, hi = self._child_range(parent)
         first = lo + start
         if first >= hi:
             return
-        values = self._child_names(parent).slice(first, hi - first).to_pylist()
-        kind = Kind(parent.kind + 1)
+        values = self.levels[parent.depth].names.slice(first, hi - first).to_pylist()
         for i, value in enumerate(values):
-            yield naming.encode(value), Node(kind, first + i)
+            yield naming.encode(value), Node(parent.depth + 1, first + i)
 
     def name(self, node: Node) -> str:
-        """The raw index value naming a directory (its series folder name for a series)."""
-        if node.kind is Kind.SERIES:
-            return self.files.series_names[node.index].as_py()
-        return self.levels[node.kind - 1].names[node.index].as_py()
-
-    def _parent(self, kind: Kind, first_row: int) -> int:
-        """The run of the level `kind` that holds row first_row."""
-        return int(np.searchsorted(self.levels[kind - 1].starts, first_row, side="right")) - 1
+        """The raw (unescaped) name of a directory."""
+        return self.levels[node.depth - 1].names[node.index].as_py()
 
     def metadata(self, node: Node, file_name: str | None = None) -> dict[str, str]:
-        """The index's values for a node and the levels above it (for extended attributes)."""
+        """The index's values for a node (for extended attributes): for a directory, the columns
+        its layout levels name; for a leaf of one series and its files, the series' too."""
         values: dict[str, str] = {}
-        if node.kind is Kind.ROOT:
-            first_row = None
-        elif node.kind in (Kind.SERIES, Kind.FILE):
-            first_row = node.index
-        else:
-            first_row = int(self.levels[node.kind - 1].starts[node.index])
-        if first_row is not None:
-            for kind, key in ((Kind.COLLECTION, "collection_id"), (Kind.PATIENT, "PatientID"),
-                              (Kind.STUDY, "StudyInstanceUID")):
-                if kind <= node.kind:
-                    values[key] = self.name(Node(kind, self._parent(kind, first_row)))
-        if node.kind in (Kind.SERIES, Kind.FILE):
-            for key, column in self.files.columns.items():
-                value = column[node.index].as_py()
-                if value is not None:
+        first, end = self.rows_of(node) if node.depth != FILE else (node.index, node.index + 1)
+        named = {c for cols in self.files.meta["level_columns"][:node.depth] for c in cols}
+        single = end - first == 1 and (node.depth == FILE or self.is_leaf(node))
+        for key, column in self.files.columns.items():
+            if (single or key in named) and first < self.rows:
+                value = column[first].as_py()
+                if value:
                     values[key] = value
-            ref = self.series(node.index)
+        if single:
+            ref = self.series(first)
             scheme = "gs" if self.files.meta.get("source") == "gcs" else "s3"
             values["crdc_series_uuid"] = ref.uuid
             values["url"] = f"{scheme}://{ref.bucket}/{ref.prefix}"

@@ -40,9 +40,10 @@ def tree_rows(tree: Tree) -> set[tuple]:
         for _, pat in tree.children(coll):
             for _, study in tree.children(pat):
                 for _, series in tree.children(study):
-                    ref = tree.series(series.index)
-                    rows.add((tree.name(coll), tree.name(pat), tree.name(study), tree.name(series),
-                              ref.uuid, ref.bucket))
+                    for row in range(*tree.rows_of(series)):
+                        ref = tree.series(row)
+                        rows.add((tree.name(coll), tree.name(pat), tree.name(study),
+                                  tree.name(series), ref.uuid, ref.bucket))
     return rows
 
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from idcfs import index
-from idcfs.tree import ROOT, Kind, Tree
+from idcfs.tree import ROOT, Tree
 
 
 def _rows(*paths: tuple[str, str, str, str, str]) -> list[dict]:
@@ -97,26 +97,30 @@ def test_inodes_round_trip_and_are_distinct(tree):
         assert tree.node(node.inode) == node
         assert node.inode not in seen
         seen[node.inode] = node
-        if node.kind < Kind.SERIES:
-            stack.extend(child for _, child in tree.children(node))
-    assert sum(1 for n in seen.values() if n.kind is Kind.SERIES) == len(ROWS)
+        stack.extend(child for _, child in tree.children(node))
+    leaves = [n for n in seen.values() if tree.is_leaf(n)]
+    assert sum(tree.rows_of(n)[1] - tree.rows_of(n)[0] for n in leaves) == len(ROWS)
 
 
 def test_unknown_inodes_are_none(tree):
-    assert tree.node((Kind.SERIES << 56) | len(ROWS)) is None
+    assert tree.node((4 << 56) | len(ROWS)) is None
     assert tree.node(7 << 56) is None
 
 
 def test_series_rows_know_their_bucket_and_uuid(tree):
     node = walk(tree, "nlst", "100", "1.2", "SEG_1.2.1")
-    ref = tree.series(node.index)
+    first, end = tree.rows_of(node)
+    assert end - first == 1
+    ref = tree.series(first)
     assert (ref.bucket, ref.uuid, ref.prefix) == ("idc-open-data-cr", "uuid-2", "uuid-2/")
 
 
-def test_clashing_series_folder_names_are_told_apart_by_crdc_uuid(tmp_path):
+def test_series_with_the_same_path_share_one_folder_as_idc_download_would(tmp_path):
     rows = _rows(("c", "p", "s", "CT", "1.1"), ("c", "p", "s", "CT", "1.1"))
     tree = build_tree(tmp_path, rows)
-    assert names(tree, walk(tree, "c", "p", "s")) == ["CT_1.1~uuid-0", "CT_1.1~uuid-1"]
+    assert names(tree, walk(tree, "c", "p", "s")) == ["CT_1.1"]
+    first, end = tree.rows_of(walk(tree, "c", "p", "s", "CT_1.1"))
+    assert {tree.series(r).uuid for r in range(first, end)} == {"uuid-0", "uuid-1"}
 
 
 def test_a_remount_reuses_the_built_tree(tmp_path):
