@@ -38,7 +38,7 @@ from .selection import Selection
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 INDEX_FILE = "idc_index.parquet"
 REQUIRED_COLUMNS = (
     "collection_id",
@@ -98,14 +98,14 @@ def _tree_key(parquet: Path, sel: Selection) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
-def _build_sql(parquet: Path, level_sql: list[str]) -> str:
+def _build_sql(parquet: Path, level_sql: list[str], row_columns: list[str]) -> str:
     """The tree's rows from the view `selected` (see selection.rows), named and sorted by path."""
     names = pq.read_schema(parquet).names
     levels = "".join(f"{sql} AS level_{d}, " for d, sql in enumerate(level_sql, 1))
     order = ", ".join([f"level_{d}" for d in range(1, len(level_sql) + 1)] + ["crdc_series_uuid"])
-    per_row = ", ".join(f"coalesce({c}, '') AS {c}" for c in ROW_COLUMNS)
+    per_row = "".join(f"coalesce({c}, '') AS {c}, " for c in row_columns)
     return f"""
-        SELECT {levels}{per_row}, crdc_series_uuid, bucket,
+        SELECT {levels}{per_row}crdc_series_uuid, bucket,
                {_optional_text(names, 'source_DOI')} AS source_DOI,
                {_optional_text(names, 'license_short_name')} AS license_short_name,
                {_optional(names, 'instanceCount', 'BIGINT')} AS instance_count,
@@ -144,9 +144,16 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
     """Build the tree files of the selected rows into dest (atomically: all or nothing)."""
     started = time.monotonic()
     levels = layout.parse(sel.layout, pq.read_schema(parquet).names)
+    # A column that is a whole level (collection, patient, study in the default layout) is read
+    # from that level's names; only the others are kept per row.
+    from_levels = {c: d for d, parts in enumerate(levels, 1) for kind, c in parts
+                   if parts == [("column", c)] and c in ROW_COLUMNS}
+    row_columns = [c for c in ROW_COLUMNS if c not in from_levels]
     con = selection.connect(parquet.parent)
     selection.rows(con, parquet.parent, sel).create_view("selected")
-    table = con.execute(_build_sql(parquet, [layout.level_sql(p) for p in levels])).to_arrow_table()
+    selected = row_columns + [c for c in ("collection_id",) if c not in row_columns]  # citations
+    table = con.execute(_build_sql(parquet, [layout.level_sql(p) for p in levels],
+                                   selected)).to_arrow_table()
     con.close()
     # A run of a level starts where its name or the name of any level above it changes.
     names = [table.column(f"level_{d}") for d in range(1, len(levels) + 1)]
@@ -159,7 +166,9 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
                    pa.table({"name": column.take(pa.array(s)), "start": pa.array(s)}))
         rows = {"crdc_series_uuid": table.column("crdc_series_uuid"),
                 "bucket": pc.dictionary_encode(table.column("bucket"))}
-        rows.update({c: pc.dictionary_encode(table.column(c)) for c in ROW_COLUMNS + TEXT_COLUMNS})
+        # Dictionary-encoded where values repeat (a million unique UIDs would only cost time).
+        rows.update({c: table.column(c) if c == "SeriesInstanceUID"
+                     else pc.dictionary_encode(table.column(c)) for c in row_columns + TEXT_COLUMNS})
         _write(tmp / "rows.arrow", pa.table(rows))
         meta = {
             "format": FORMAT_VERSION,
@@ -173,6 +182,7 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
             "selection": sel.key(),
             "layout": layout.resolve(sel.layout),
             "level_columns": layout.columns_of(levels),
+            "columns_from_levels": from_levels,
             "citations": _citations(table),
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
@@ -251,7 +261,8 @@ def open_tree(path: Path) -> TreeFiles:
         levels=tuple(levels),
         crdc_series_uuids=rows.column("crdc_series_uuid"),
         buckets=rows.column("bucket"),
-        columns={name: rows.column(name) for name in ROW_COLUMNS + TEXT_COLUMNS},
+        columns={name: rows.column(name) for name in rows.schema.names
+                 if name in ROW_COLUMNS + TEXT_COLUMNS},
         meta=meta,
     )
 

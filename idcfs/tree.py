@@ -172,6 +172,10 @@ class Tree:
         first, end = self.rows_of(node) if node.depth != FILE else (node.index, node.index + 1)
         named = {c for cols in self.files.meta["level_columns"][:node.depth] for c in cols}
         single = end - first == 1 and (node.depth == FILE or self.is_leaf(node))
+        for key, depth in self.files.meta.get("columns_from_levels", {}).items():
+            if (single or key in named) and first < self.rows:
+                level = self.levels[depth - 1]
+                values[key] = level.names[int(np.searchsorted(level.starts, first, "right")) - 1].as_py()
         for key, column in self.files.columns.items():
             if (single or key in named) and first < self.rows:
                 value = column[first].as_py()
