@@ -21,6 +21,7 @@ import concurrent.futures
 import hashlib
 import logging
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -34,9 +35,13 @@ from pathlib import Path
 import cachetools
 import trio
 
+from .source import SourceError
+
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20
+# An ETag that is an MD5 of the content (single-part uploads, as IDC's objects are).
+_MD5 = re.compile(r"[0-9a-f]{32}")
 _TRAILER = struct.Struct("<QI4s")
 _MAGIC = b"IDCB"
 _WARN_EVERY = 60.0
@@ -51,6 +56,7 @@ class ObjectRef:
     bucket: str
     key: str
     size: int
+    etag: str | None = None
 
     def blocks(self, block_size: int = BLOCK_SIZE) -> int:
         return -(-self.size // block_size)
@@ -393,6 +399,11 @@ class BlockCache:
         start = first * self.block_size
         end = min(obj.size, (last + 1) * self.block_size)
         data = await self._fetch(obj, start, end - start)
+        if start == 0 and end == obj.size and obj.etag and _MD5.fullmatch(obj.etag):
+            if hashlib.md5(data).hexdigest() != obj.etag:
+                self.stats["content_mismatches"] += 1
+                raise SourceError(f"s3://{obj.bucket}/{obj.key}: the bytes received do not match "
+                                  f"its ETag (MD5 {obj.etag}); not used, not cached")
         self.stats["fetches"] += 1
         self.stats["bytes_fetched"] += len(data)
         out = {

@@ -139,6 +139,11 @@ def _parser() -> argparse.ArgumentParser:
         help="connections to the object store at most (default: 64)",
     )
     mount.add_argument(
+        "--request-timeout", type=float, metavar="SECONDS",
+        help="a read or listing that the object store has not answered by then fails with EIO "
+        "(default: 60)",
+    )
+    mount.add_argument(
         "--uid", type=int, metavar="UID", help="owner of every file (default: the mounting user)")
     mount.add_argument(
         "--gid", type=int, metavar="GID", help="group of every file (default: the mounting user's)")
@@ -354,6 +359,7 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
         log_level=level,
         log_file=args.log_file.resolve() if args.log_file else None,
         max_connections=args.max_connections or 64,
+        request_timeout=args.request_timeout or 60.0,
         uid=args.uid if args.uid is not None else os.getuid(),
         gid=args.gid if args.gid is not None else os.getgid(),
         umask=args.umask or 0,

@@ -51,6 +51,7 @@ class MountConfig:
     log_level: str = "INFO"
     log_file: Path | None = None
     max_connections: int = 64
+    request_timeout: float = 60.0
     uid: int = 0
     gid: int = 0
     umask: int = 0

@@ -177,7 +177,7 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
 
     ops = Operations(tree, listings, Reader(cache, concurrency=max(4, cfg.max_connections // 2)),
                      About(tree.files.meta, options, stats), owner=(cfg.uid, cfg.gid),
-                     umask=cfg.umask)
+                     umask=cfg.umask, budget=cfg.request_timeout)
     try:
         trio.run(_serve, cfg, ops, ready_fd, started)
     except MountFailed as exc:

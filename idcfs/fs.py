@@ -64,7 +64,7 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, tree: Tree, listings: Listings, reader: Reader,
                  info: about.About | None = None, owner: tuple[int, int] | None = None,
-                 umask: int = 0) -> None:
+                 umask: int = 0, budget: float = 60.0) -> None:
         super().__init__()
         self.tree = tree
         self.listings = listings
@@ -73,6 +73,7 @@ class Operations(pyfuse3.Operations):
         self.errors = 0
         self.uid, self.gid = owner if owner is not None else (os.getuid(), os.getgid())
         self.umask = umask
+        self.budget = budget
         self._failures = FailureLog()
         self._open: dict[int, Stream | bytes] = {}
         self._next_fh = 1
@@ -126,11 +127,21 @@ class Operations(pyfuse3.Operations):
 
     async def _listing(self, row: int):
         ref = self.tree.series(row)
+        return ref, await self._within_budget(self.listings.get(ref), f"listing {ref.prefix}")
+
+    async def _within_budget(self, work, what: str):
+        """Run work, or fail with EIO: on an object store error, or past the request budget (a
+        stalled connection must not hang the program that reads)."""
         try:
-            return ref, await self.listings.get(ref)
+            with trio.fail_after(self.budget):
+                return await work
         except SourceError as exc:
             self.errors += 1
             self._failures.log(exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+        except trio.TooSlowError as exc:
+            self.errors += 1
+            self._failures.log(TimeoutError(f"{what}: no answer within {self.budget:g} s"))
             raise pyfuse3.FUSEError(errno.EIO) from exc
 
     async def _leaf(self, node: Node) -> list[tuple[int, Listing]]:
@@ -284,7 +295,8 @@ class Operations(pyfuse3.Operations):
         if node.file >= len(listing.names):
             raise pyfuse3.FUSEError(errno.ENOENT)
         def object_at(i: int) -> ObjectRef:
-            return ObjectRef(ref.bucket, ref.prefix + listing.names[i], listing.sizes[i])
+            return ObjectRef(ref.bucket, ref.prefix + listing.names[i], listing.sizes[i],
+                             listing.etag(i))
 
         fh = self._handle(Stream(object_at(node.file)))
         self.reader.opened(ref, node.file, len(listing.names), object_at)
@@ -302,12 +314,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if isinstance(stream, bytes):
             return stream[off:off + size]
-        try:
-            return await self.reader.read(stream, off, size)
-        except SourceError as exc:
-            self.errors += 1
-            self._failures.log(exc)
-            raise pyfuse3.FUSEError(errno.EIO) from exc
+        return await self._within_budget(self.reader.read(stream, off, size),
+                                         f"reading {stream.obj.key} at {off}")
 
     async def release(self, fh):
         self._open.pop(fh, None)

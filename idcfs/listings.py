@@ -22,7 +22,7 @@ from .tree import Listing, SeriesRef
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[SeriesRef], Awaitable[list[tuple[str, int]]]]
+Fetch = Callable[[SeriesRef], Awaitable[list[tuple[str, int, str]]]]
 
 
 class Listings:
@@ -53,7 +53,8 @@ class Listings:
             if listing is None:
                 entries = sorted(await self._fetch(ref))
                 self.fetched += 1
-                listing = Listing(tuple(n for n, _ in entries), tuple(s for _, s in entries))
+                listing = Listing(tuple(e[0] for e in entries), tuple(e[1] for e in entries),
+                                  tuple(e[2] if len(e) > 2 else "" for e in entries))
                 await trio.to_thread.run_sync(self._save, ref, listing)
             if len(listing.names) <= self._memory.maxsize:
                 self._memory[ref] = listing
@@ -67,7 +68,7 @@ class Listings:
     def _load(self, ref: SeriesRef) -> Listing | None:
         try:
             data = json.loads(self._path(ref).read_text())
-            return Listing(tuple(data["names"]), tuple(data["sizes"]))
+            return Listing(tuple(data["names"]), tuple(data["sizes"]), tuple(data.get("etags", ())))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -80,7 +81,8 @@ class Listings:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "w") as out:
-                json.dump({"names": listing.names, "sizes": listing.sizes}, out)
+                json.dump({"names": listing.names, "sizes": listing.sizes, "etags": listing.etags},
+                          out)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("could not persist the listing of %s/%s: %s", ref.bucket, ref.uuid, exc)

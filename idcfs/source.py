@@ -7,8 +7,12 @@ from the environment or ~/.aws is ever read or sent to a public bucket.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import random
+
+import aiohttp
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -18,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
+BODY_ATTEMPTS = 3
 
 
 def _raw_timestamp(value: str) -> str:
@@ -74,31 +79,42 @@ class ObjectSource:
             cause = f"{type(exc).__name__}: {exc}"
         return SourceError(f"{what} s3://{bucket}/{key} at {self.where} failed: {cause}")
 
-    async def list_series(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
-        """Every object under prefix as (name below the prefix, size), in key order, all pages."""
-        found: list[tuple[str, int]] = []
+    async def list_series(self, bucket: str, prefix: str) -> list[tuple[str, int, str]]:
+        """Every object under prefix as (name below the prefix, size, ETag), in key order."""
+        found: list[tuple[str, int, str]] = []
         try:
             paginator = self._client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", ()):
-                    found.append((obj["Key"][len(prefix) :], int(obj["Size"])))
-        except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+                    found.append((obj["Key"][len(prefix):], int(obj["Size"]),
+                                  obj.get("ETag", "").strip('"')))
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._error("listing", bucket, prefix, exc) from exc
         return found
 
     async def get_range(self, bucket: str, key: str, start: int, length: int) -> bytes:
-        """Exactly length bytes of an object from start; anything shorter or longer is an error."""
-        try:
-            resp = await self._client.get_object(
-                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
-            )
-            async with resp["Body"] as body:
-                data = await body.read()
-        except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
-            raise self._error("reading", bucket, key, exc) from exc
-        if len(data) != length:
-            raise SourceError(
-                f"reading s3://{bucket}/{key} at {self.where} returned {len(data)} bytes "
-                f"for a range of {length}"
-            )
-        return data
+        """Exactly length bytes of an object from start; anything shorter or longer is an error.
+
+        botocore retries failed requests (5xx, throttling, refused or reset connections); a body
+        cut short or broken after the response began is retried here, with backoff and jitter.
+        """
+        failure = SourceError(f"reading s3://{bucket}/{key} at {self.where}: no attempt made")
+        for attempt in range(BODY_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(random.uniform(0, 0.2 * 2**attempt))
+            try:
+                resp = await self._client.get_object(
+                    Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+                )
+                async with resp["Body"] as body:
+                    data = await body.read()
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error("reading", bucket, key, exc) from exc
+            except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError, TimeoutError) as exc:
+                failure = self._error("reading", bucket, key, exc)
+                continue
+            if len(data) == length:
+                return data
+            failure = SourceError(f"reading s3://{bucket}/{key} at {self.where} returned "
+                                  f"{len(data)} bytes for a range of {length}")
+        raise failure

@@ -75,6 +75,10 @@ class Listing:
 
     names: tuple[str, ...]
     sizes: tuple[int, ...]
+    etags: tuple[str, ...] = ()
+
+    def etag(self, i: int) -> str | None:
+        return self.etags[i] if i < len(self.etags) and self.etags[i] else None
 
     def find(self, name: str) -> int | None:
         i = bisect.bisect_left(self.names, name)

@@ -43,6 +43,7 @@ class Store:
         self.root = root
         self.keys: dict[str, list[str]] = {}
         self.sizes: dict[tuple[str, str], tuple[int, float]] = {}
+        self._etags: dict[tuple[str, str], str] = {}
         for bucket in sorted(p.name for p in root.iterdir() if p.is_dir()):
             base = root / bucket
             keys = []
@@ -56,8 +57,14 @@ class Store:
             self.keys[bucket] = sorted(keys)
 
     def etag(self, bucket: str, key: str) -> str:
-        size, mtime = self.sizes[(bucket, key)]
-        return '"' + hashlib.md5(f"{bucket}/{key}/{size}/{mtime}".encode()).hexdigest() + '"'
+        """The content's MD5, as S3 gives it for objects uploaded in one part (computed once)."""
+        if (bucket, key) not in self._etags:
+            digest = hashlib.md5()
+            with open(self.root / bucket / key, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            self._etags[(bucket, key)] = f'"{digest.hexdigest()}"'
+        return self._etags[(bucket, key)]
 
 
 def _contents(store: Store, bucket: str, key: str) -> str:

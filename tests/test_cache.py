@@ -204,3 +204,20 @@ def test_concurrent_writers_keep_the_accounting_equal_to_the_disk(tmp_path):
     on_disk = sum(p.stat().st_size for p in (tmp_path / "blocks").rglob("*") if p.is_file())
     assert on_disk <= limit
     assert disk.used == on_disk
+
+
+def test_a_whole_object_whose_bytes_do_not_match_its_etag_is_refused_and_not_cached(tmp_path):
+    import hashlib
+
+    from idcfs.source import SourceError
+
+    source = CountingSource({"slice": 300})
+    good = source.data["slice"]
+    obj = ObjectRef("idc-open-data", "slice", 300, hashlib.md5(good).hexdigest())
+    source.data["slice"] = good[:10] + bytes([good[10] ^ 1]) + good[11:]
+    cache = make(source, tmp_path)
+    with pytest.raises(SourceError, match="do not match its ETag"):
+        trio.run(cache.read, obj, 0, 300)
+    assert not cache.disk.path(obj, 0).exists()
+    source.data["slice"] = good
+    assert trio.run(cache.read, obj, 0, 300) == good

@@ -17,7 +17,7 @@ class CountingSource:
     async def __call__(self, ref: SeriesRef) -> list[tuple[str, int]]:
         self.calls += 1
         await trio.sleep(0.05)
-        return [("b.dcm", 20), ("a.dcm", 10), ("c.dcm", 30)]
+        return [("b.dcm", 20, "e2"), ("a.dcm", 10, "e1"), ("c.dcm", 30, "e3")]
 
 
 def test_listing_is_sorted_with_sizes(tmp_path):
@@ -25,6 +25,7 @@ def test_listing_is_sorted_with_sizes(tmp_path):
     listing = trio.run(listings.get, REF)
     assert listing.names == ("a.dcm", "b.dcm", "c.dcm")
     assert listing.sizes == (10, 20, 30)
+    assert listing.etags == ("e1", "e2", "e3")
     assert listing.find("b.dcm") == 1 and listing.find("zz.dcm") is None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
 import threading
 
@@ -26,9 +27,10 @@ def run(endpoint: str, method: str, *args):
 def test_listing_returns_every_object_across_pages_with_sizes(sample, s3_endpoint):
     row = max(sample.rows, key=lambda r: len(sample.series_objects(r)))
     listed = run(s3_endpoint, "list_series", row["aws_bucket"], f"{row['crdc_series_uuid']}/")
-    expected = {name: len(data) for name, data in sample.series_objects(row).items()}
+    expected = {name: (len(data), hashlib.md5(data).hexdigest())
+                for name, data in sample.series_objects(row).items()}
     assert len(listed) > 1000
-    assert dict(listed) == expected
+    assert {name: (size, etag) for name, size, etag in listed} == expected
 
 
 def test_listing_an_unknown_series_is_empty(sample, s3_endpoint):

@@ -1,0 +1,95 @@
+"""Faults between idcfs and the object store: never wrong or short bytes, never a hang."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import s3server
+import sample as sample_data
+from conftest import mounted
+from test_mount import series_dir
+
+BUDGET = 4.0
+
+
+@pytest.fixture(scope="module")
+def proxy(fast_s3):
+    port = sample_data.free_port()
+    proc = s3server.start_listening(
+        [sys.executable, str(Path(__file__).parent / "faultproxy.py"), str(port), fast_s3],
+        port, "fault proxy")
+    yield f"http://127.0.0.1:{port}"
+    proc.kill()  # a stalled answer would hold up a graceful shutdown for a minute
+    proc.wait()
+
+
+def set_fault(proxy: str, **fault) -> None:
+    method = "POST" if fault else "DELETE"
+    request = urllib.request.Request(f"{proxy}/_faults", method=method,
+                                     data=json.dumps(fault).encode() if fault else None)
+    urllib.request.urlopen(request).read()
+
+
+@pytest.fixture
+def mnt(sample, proxy, tmp_path):
+    set_fault(proxy)
+    with mounted(sample, tmp_path / "m", tmp_path / "c", "--request-timeout", str(BUDGET),
+                 endpoint=proxy) as m:
+        for row in sample.rows[:4]:
+            os.listdir(series_dir(m, row))  # listings before any fault
+        yield m
+    set_fault(proxy)
+
+
+def files(sample, mnt, n=4):
+    return [(series_dir(mnt, r) / name, data) for r in sample.rows[:n]
+            for name, data in list(sample.series_objects(r).items())[:1]]
+
+
+@pytest.mark.parametrize("mode", ["status", "reset", "truncate"])
+def test_a_transient_fault_is_retried_and_the_bytes_are_exact(sample, mnt, proxy, mode):
+    path, data = files(sample, mnt)[0]
+    set_fault(proxy, mode=mode, count=1, match=path.name)
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("mode", ["status", "reset", "truncate", "stall", "flip"])
+def test_a_lasting_fault_fails_with_eio_within_the_budget_and_nothing_wrong_is_kept(
+        sample, mnt, proxy, mode):
+    path, data = files(sample, mnt)[1]
+    set_fault(proxy, mode=mode, count=-1, match=path.name)
+    started = time.monotonic()
+    with pytest.raises(OSError) as err:
+        path.read_bytes()
+    assert err.value.errno == errno.EIO
+    # Each FUSE request ends within the budget; when the kernel's readahead request fails, the
+    # kernel asks once more for the page being read, so a read can take two budgets.
+    assert time.monotonic() - started < 2 * BUDGET + 3
+    set_fault(proxy)
+    assert path.read_bytes() == data  # the mount works on, and cached nothing wrong
+
+
+def test_reads_work_again_without_a_remount_when_the_endpoint_comes_back(sample, mnt, proxy):
+    (path_a, data_a), (path_b, data_b) = files(sample, mnt)[2:4]
+    set_fault(proxy, mode="reset", count=-1, match="")
+    with pytest.raises(OSError):
+        path_a.read_bytes()
+    set_fault(proxy)
+    assert path_a.read_bytes() == data_a and path_b.read_bytes() == data_b
+
+
+def test_each_failure_is_counted_in_the_mount_statistics(sample, mnt, proxy):
+    path, _ = files(sample, mnt)[3]
+    set_fault(proxy, mode="status", code=500, count=-1, match=path.name)
+    with pytest.raises(OSError):
+        path.read_bytes()
+    stats = json.loads((mnt / ".idcfs" / "stats").read_text())
+    assert stats["errors"] >= 1
