@@ -21,7 +21,7 @@ from .cache import ObjectRef
 from .listings import Listings
 from .prefetch import Reader, Stream
 from .source import SourceError
-from .tree import FILE, ROOT, Listing, Node, Tree
+from .tree import FILE, ROOT, Listing, Node, SeriesRef, Tree
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,12 @@ class Operations(pyfuse3.Operations):
                        self._attributes(Node(FILE, row, i), listing.sizes[i]))
             position += count
 
-    async def _file_size(self, node: Node) -> int:
-        _, listing = await self._listing(node.index)
-        if node.file >= len(listing.sizes):
+    async def _file_listing(self, node: Node) -> tuple[SeriesRef, Listing]:
+        """The listing a file's inode points into (ENOENT if the inode points past its end)."""
+        ref, listing = await self._listing(node.index)
+        if node.file >= len(listing.names):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return listing.sizes[node.file]
+        return ref, listing
 
     # -- namespace --------------------------------------------------------------------------
 
@@ -204,7 +205,8 @@ class Operations(pyfuse3.Operations):
             return self._about_attributes(inode)
         node = self._node(inode)
         if not node.is_dir:
-            return self._attributes(node, await self._file_size(node))
+            _, listing = await self._file_listing(node)
+            return self._attributes(node, listing.sizes[node.file])
         return self._attributes(node)
 
     async def forget(self, inode_list):
@@ -249,9 +251,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             return self.tree.metadata(node)
-        _, listing = await self._listing(node.index)
-        if node.file >= len(listing.names):
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        _, listing = await self._file_listing(node)
         return self.tree.metadata(node, listing.names[node.file])
 
     async def listxattr(self, inode, ctx):
@@ -282,18 +282,15 @@ class Operations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         name = self._about_name(inode)
-        if name:
-            if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-                raise pyfuse3.FUSEError(errno.EROFS)
-            return pyfuse3.FileInfo(fh=self._handle(self.about.content(name)), direct_io=True)
-        node = self._node(inode)
-        if node.is_dir:
+        node = None if name else self._node(inode)
+        if node is not None and node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        ref, listing = await self._listing(node.index)
-        if node.file >= len(listing.names):
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        if name:
+            return pyfuse3.FileInfo(fh=self._handle(self.about.content(name)), direct_io=True)
+        ref, listing = await self._file_listing(node)
+
         def object_at(i: int) -> ObjectRef:
             return ObjectRef(ref.bucket, ref.prefix + listing.names[i], listing.sizes[i],
                              listing.etag(i))
