@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .cache import clear
 from .config import default_cache_dir
+from .mounts import idcfs_mounts
 
 CHUNK = 1 << 20
 
@@ -46,11 +47,6 @@ def stats(cache_dir: Path) -> int:
     return 0
 
 
-def _idcfs_mounts() -> list[str]:
-    with open("/proc/mounts") as mounts:
-        return [line.split()[1] for line in mounts if line.split()[2] == "fuse.idcfs"]
-
-
 def _read_all(path: str, progress: tqdm) -> None:
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(CHUNK):
@@ -58,7 +54,7 @@ def _read_all(path: str, progress: tqdm) -> None:
 
 
 def warm(paths: list[Path], jobs: int) -> int:
-    mounts = _idcfs_mounts()
+    mounts = idcfs_mounts()
     files: list[tuple[str, int]] = []
     for path in paths:
         full = os.path.abspath(path)

@@ -24,6 +24,7 @@ from . import __version__
 from .config import MountConfig, default_cache_dir, default_cache_size, parse_size
 from .index import BadIndex, check_index_dir, default_index_dir, start_build
 from .layout import PRESETS
+from .mounts import is_mounted
 from .selection import BadSelection, Selection, known_versions
 from .selection import check as check_selection
 
@@ -255,13 +256,6 @@ def _stale(path: Path) -> UsageError:
     return UsageError(
         f"{path} is a stale mount of a daemon that died; clear it with: idcfs umount {path}"
     )
-
-
-def is_mounted(path: Path) -> bool:
-    """Whether path is a mount point, by the kernel's table (stat may be answered from a cache)."""
-    target = os.path.abspath(path)
-    with open("/proc/mounts") as mounts:
-        return any(line.split()[1] == target for line in mounts)
 
 
 def _check_mountpoint(path: Path) -> Path:

@@ -9,14 +9,9 @@ import os
 import sys
 
 from .about import DIRECTORY
+from .mounts import idcfs_mounts
 
 TIMEOUT = 5.0
-
-
-def _mounts() -> list[str]:
-    with open("/proc/mounts") as mounts:
-        return [line.split()[1].replace("\\040", " ") for line in mounts
-                if line.split()[2] == "fuse.idcfs"]
 
 
 def _probe(mountpoint: str) -> dict:
@@ -46,7 +41,7 @@ def _row(mountpoint: str, pool: concurrent.futures.ThreadPoolExecutor) -> list[s
 
 
 def run() -> int:
-    mounts = _mounts()
+    mounts = idcfs_mounts()
     if not mounts:
         print("no idcfs mounts")
         return 0

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import sample as sample_data  # noqa: E402
 
-from idcfs.cli import is_mounted  # noqa: E402,F401 - shared with the tests
+from idcfs.mounts import is_mounted  # noqa: E402,F401 - shared with the tests
 
 IDCFS = [sys.executable, "-m", "idcfs"]
 

@@ -133,3 +133,15 @@ def test_sigterm_the_moment_the_mount_appears_still_unmounts_cleanly(sample, s3_
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_mountpoint_with_a_space_in_its_path_mounts_shows_in_status_and_unmounts(
+        sample, s3_endpoint, tmp_path):
+    mnt = tmp_path / "IDC data"
+    with mounted(sample, mnt, tmp_path / "cache", endpoint=s3_endpoint):
+        assert is_mounted(mnt)
+        assert str(mnt) in run_idcfs("status").stdout
+        again = run_idcfs("mount", str(mnt), "--index", str(sample.index_dir))
+        assert "already a mount point" in again.stderr
+        assert run_idcfs("umount", str(mnt)).returncode == 0
+        assert not is_mounted(mnt)
