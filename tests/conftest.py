@@ -35,6 +35,14 @@ def sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> sample
     return sample_data.build_sample(s3_endpoint, tmp_path_factory.mktemp("sample") / "index")
 
 
+@pytest.fixture(scope="session")
+def tools_sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> sample_data.Sample:
+    """Coherent series for the DICOM tool acceptance tests (tests/tools_sample.py)."""
+    import tools_sample as tools
+
+    return tools.build_tools_sample(s3_endpoint, tmp_path_factory.mktemp("tools") / "index")
+
+
 def run_idcfs(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*IDCFS, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False

@@ -129,8 +129,8 @@ def _derived_rows(template: dict) -> list[dict]:
     return rows
 
 
-def _dicom(name: str, row: dict, number: int) -> bytes:
-    ds = pydicom.dcmread(get_testdata_file(name))
+def retag(ds: pydicom.Dataset, row: dict, number: int) -> bytes:
+    """The dataset as instance `number` of the row's series, saved in its own transfer syntax."""
     ds.PatientID = row["PatientID"]
     ds.StudyInstanceUID = row["StudyInstanceUID"]
     ds.SeriesInstanceUID = row["SeriesInstanceUID"]
@@ -139,8 +139,12 @@ def _dicom(name: str, row: dict, number: int) -> bytes:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.InstanceNumber = number + 1
     out = io.BytesIO()
-    ds.save_as(out)
+    ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def _dicom(name: str, row: dict, number: int) -> bytes:
+    return retag(pydicom.dcmread(get_testdata_file(name)), row, number)
 
 
 def _big_ct(row: dict) -> bytes:
