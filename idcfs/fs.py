@@ -13,6 +13,8 @@ import logging
 import os
 import stat
 import time
+
+import cachetools
 import pyfuse3
 import trio
 
@@ -27,7 +29,11 @@ log = logging.getLogger(__name__)
 
 IMMUTABLE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 1 << 20
+NAME_MAX = 255
 XATTR_PREFIX = "user.idc."
+# After a failed readahead request the kernel at once asks again for the page being read; for this
+# long, a read inside a range that just failed fails at once instead of taking a second budget.
+FAILED_READ_MEMORY = 1.0
 ABOUT_INODE = 0x7E << 56  # above any layout level's depth (tree.FILE is 0x7F)
 
 
@@ -75,6 +81,7 @@ class Operations(pyfuse3.Operations):
         self.umask = umask
         self.budget = budget
         self._failures = FailureLog()
+        self._failed_reads: cachetools.TTLCache = cachetools.TTLCache(4096, FAILED_READ_MEMORY)
         self._open: dict[int, Stream | bytes] = {}
         self._next_fh = 1
 
@@ -179,6 +186,8 @@ class Operations(pyfuse3.Operations):
     # -- namespace --------------------------------------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx=None):
+        if len(name) > NAME_MAX:  # FUSE passes names up to 1024 bytes; none can exist here
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         if self._about_name(parent_inode) == "":
             if name.decode(errors="replace") not in about.FILES:
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -275,7 +284,7 @@ class Operations(pyfuse3.Operations):
         st.f_bfree = st.f_bavail = 0
         st.f_files = int(meta.get("files", 0)) + int(meta.get("rows", 0))
         st.f_ffree = st.f_favail = 0
-        st.f_namemax = 255
+        st.f_namemax = NAME_MAX
         return st
 
     # -- reading ----------------------------------------------------------------------------
@@ -311,8 +320,17 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         if isinstance(stream, bytes):
             return stream[off:off + size]
-        return await self._within_budget(self.reader.read(stream, off, size),
-                                         f"reading {stream.obj.key} at {off}")
+        key = (stream.obj.bucket, stream.obj.key)
+        failed = self._failed_reads.get(key)
+        if failed is not None and failed[0] < off + size and off < failed[1]:
+            self.errors += 1
+            raise pyfuse3.FUSEError(errno.EIO)
+        try:
+            return await self._within_budget(self.reader.read(stream, off, size),
+                                             f"reading {stream.obj.key} at {off}")
+        except pyfuse3.FUSEError:
+            self._failed_reads[key] = (off, off + size)
+            raise
 
     async def release(self, fh):
         self._open.pop(fh, None)

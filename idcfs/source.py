@@ -85,11 +85,17 @@ class ObjectSource:
         try:
             paginator = self._client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                if "IsTruncated" not in page:  # botocore parses anything, an HTML page too
+                    raise SourceError(f"listing s3://{bucket}/{prefix} at {self.where} failed: "
+                                      f"{_not_s3(page)}")
                 for obj in page.get("Contents", ()):
                     found.append((obj["Key"][len(prefix):], int(obj["Size"]),
                                   obj.get("ETag", "").strip('"')))
         except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise self._error("listing", bucket, prefix, exc) from exc
+        if not found:  # every series has files: an empty answer must not be kept as its listing
+            raise SourceError(f"listing s3://{bucket}/{prefix} at {self.where}: no objects there "
+                              f"(is the endpoint or --source right for this index?)")
         return found
 
     async def get_range(self, bucket: str, key: str, start: int, length: int) -> bytes:
@@ -113,8 +119,24 @@ class ObjectSource:
             except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError, TimeoutError) as exc:
                 failure = self._error("reading", bucket, key, exc)
                 continue
+            expected_range = f"bytes {start}-{start + length - 1}/"
+            if not resp.get("ContentRange", expected_range).startswith(expected_range) or \
+                    "html" in resp.get("ContentType", ""):
+                raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: "
+                                  f"{_not_s3(resp)}")
             if len(data) == length:
                 return data
             failure = SourceError(f"reading s3://{bucket}/{key} at {self.where} returned "
                                   f"{len(data)} bytes for a range of {length}")
         raise failure
+
+
+def _not_s3(response: dict) -> str:
+    """Why an answer that HTTP calls a success is not the S3 answer asked for."""
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    kind = headers.get("content-type", "no content type")
+    if "html" in kind:
+        return f"the endpoint answered with an HTML page ({kind}), not S3: a proxy or login page?"
+    if "ContentRange" in response:
+        return f"the endpoint answered with {response['ContentRange']}, not the range asked for"
+    return f"the endpoint's answer ({kind}) is not an S3 response"

@@ -226,11 +226,27 @@ def test_unsafe_patient_ids_are_escaped_reversibly(sample, mount, patient, name)
     assert pydicom.dcmread(next(folder.iterdir())).PatientID == patient
 
 
-@pytest.mark.parametrize("name", ["no-such-collection", "a%2fb", "%41", "%zz"])
-def test_names_the_index_does_not_have_are_enoent(sample, mount, name):
-    coll = sample.rows[0]["collection_id"]
-    with pytest.raises(FileNotFoundError):
-        os.stat(mount / coll / name)
+# Bad names in lookups, at each kind of level, and what they must give.
+BAD_NAMES = [
+    (b"no-such-collection", errno.ENOENT),
+    (b"a%2fb", errno.ENOENT),           # not the canonical escape (%2F)
+    (b"%41", errno.ENOENT),             # an escape of a character that needs none
+    (b"%zz", errno.ENOENT),             # not an escape at all
+    (b"..%2Fx", errno.ENOENT),          # a value with '..' that the index does not have
+    (b"\xff\xfe-not-utf8", errno.ENOENT),
+    (b"x" * 255, errno.ENOENT),         # the longest name there can be
+    (b"x" * 256, errno.ENAMETOOLONG),   # refused by the kernel before idcfs sees it
+]
+
+
+@pytest.mark.parametrize("name,error", BAD_NAMES)
+@pytest.mark.parametrize("level", ["collection", "patient", "series folder"])
+def test_bad_names_in_lookups_fail_with_the_right_errno(sample, mount, level, name, error):
+    folder = {"collection": mount, "patient": mount / sample.rows[0]["collection_id"],
+              "series folder": series_dir(mount, sample.rows[0])}[level]
+    with pytest.raises(OSError) as err:
+        os.stat(os.fsencode(folder) + b"/" + name)
+    assert err.value.errno == error
 
 
 def test_shell_tools_see_exact_sizes(sample, mount, tmp_path):

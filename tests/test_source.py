@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.server
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -33,8 +35,9 @@ def test_listing_returns_every_object_across_pages_with_sizes(sample, s3_endpoin
     assert {name: (size, etag) for name, size, etag in listed} == expected
 
 
-def test_listing_an_unknown_series_is_empty(sample, s3_endpoint):
-    assert run(s3_endpoint, "list_series", "idc-open-data", "no-such-uuid/") == []
+def test_listing_an_unknown_series_is_an_error_not_an_empty_folder(sample, s3_endpoint):
+    with pytest.raises(SourceError, match="no objects there"):
+        run(s3_endpoint, "list_series", "idc-open-data", "no-such-uuid/")
 
 
 def test_ranged_reads_return_exact_bytes(sample, s3_endpoint):
@@ -65,8 +68,8 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         _Recorder.seen.append(dict(self.headers))
         body = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
-                b"<Name>idc-open-data</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated>"
-                b"</ListBucketResult>")
+                b"<Name>idc-open-data</Name><KeyCount>1</KeyCount><IsTruncated>false</IsTruncated>"
+                b"<Contents><Key>x/1.dcm</Key><Size>1</Size></Contents></ListBucketResult>")
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -76,6 +79,39 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class HtmlPage(http.server.BaseHTTPRequestHandler):
+    """What a captive portal or a misconfigured proxy answers: 200 and a web page, to anything."""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        body = b"<!DOCTYPE html><html><body>Please log in to continue</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("method,args", [("list_series", ("idc-open-data", "x/")),
+                                         ("get_range", ("idc-open-data", "x/1.dcm", 0, 65)),
+                                         ("get_range", ("idc-open-data", "x/1.dcm", 10, 20))])
+def test_an_endpoint_answering_with_a_web_page_is_an_error_saying_so(method, args):
+    with serving(HtmlPage) as endpoint, pytest.raises(SourceError, match="HTML page"):
+        run(endpoint, method, *args)
+
+
 def test_requests_are_unsigned_even_with_credentials_in_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
@@ -83,12 +119,8 @@ def test_requests_are_unsigned_even_with_credentials_in_the_environment(monkeypa
     creds = tmp_path / "credentials"
     creds.write_text("[default]\naws_access_key_id = AKIAFILE\naws_secret_access_key = s\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        run(f"http://127.0.0.1:{server.server_port}", "list_series", "idc-open-data", "x/")
-    finally:
-        server.shutdown()
+    with serving(_Recorder) as endpoint:
+        run(endpoint, "list_series", "idc-open-data", "x/")
     assert _Recorder.seen
     for headers in _Recorder.seen:
         names = {h.lower() for h in headers}
