@@ -55,6 +55,9 @@ ROW_COLUMNS = ["collection_id", "PatientID", "StudyInstanceUID", "SeriesInstance
 TEXT_COLUMNS = ["source_DOI", "license_short_name"]
 
 
+NAME_MAX = 255
+
+
 class BadIndex(Exception):
     """The index directory cannot be used; the message says why, for a person."""
 
@@ -157,6 +160,8 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
     con.close()
     # A run of a level starts where its name or the name of any level above it changes.
     names = [table.column(f"level_{d}") for d in range(1, len(levels) + 1)]
+    for d, column in enumerate(names, 1):
+        _check_name_length(column, layout.resolve(sel.layout).strip("/").split("/")[d - 1])
     new = np.logical_or.accumulate([_differs(c) for c in names], axis=0) if names else []
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest.parent))
     try:
@@ -192,6 +197,22 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
         if not dest.is_dir():
             raise
     log.info("built the tree of %d series in %.1f s", table.num_rows, time.monotonic() - started)
+
+
+def _check_name_length(values: pa.ChunkedArray, level: str) -> None:
+    """A layout level whose names would be longer than a file name can be is refused before
+    mounting: such a directory could be listed but never entered."""
+    if len(values) == 0:
+        return
+    escaped = pc.add(pc.binary_length(values), pc.multiply(pc.add(pc.add(
+        pc.count_substring(values, "%"), pc.count_substring(values, "/")),
+        pc.count_substring(values, "\0")), 2))
+    longest = pc.max(escaped).as_py() or 0
+    if longest > NAME_MAX:
+        example = values[pc.index(escaped, longest).as_py()].as_py()
+        raise BadIndex(f"layout level {level!r} makes names of up to {longest} bytes (e.g. "
+                       f"{example[:48]}...); a name can have at most {NAME_MAX}: use fewer or "
+                       f"shorter columns in that level")
 
 
 def _citations(table: pa.Table) -> list[dict]:
@@ -315,4 +336,8 @@ def _build_once(parquet: Path, dest: Path, sel: Selection) -> None:
 
 
 if __name__ == "__main__":
-    _build_once(Path(sys.argv[1]), Path(sys.argv[2]), Selection.from_key(sys.argv[3]))
+    try:
+        _build_once(Path(sys.argv[1]), Path(sys.argv[2]), Selection.from_key(sys.argv[3]))
+    except BadIndex as exc:  # the mount reports the last line of this child's stderr
+        print(exc, file=sys.stderr)
+        sys.exit(1)

@@ -89,6 +89,29 @@ def test_index_lacking_required_columns(args, tmp_path):
     assert_one_line_error(mount_with(args), "lacks required column(s)", "StudyInstanceUID")
 
 
+def test_index_that_is_another_idc_parquet_file(args, tmp_path, sample):
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "idc_index.parquet").write_bytes(
+        (sample.index_dir / "version_metadata_index.parquet").read_bytes())
+    args["--index"] = str(tmp_path / "foreign")
+    assert_one_line_error(mount_with(args), "lacks required column(s)")
+
+
+def test_index_that_is_a_truncated_parquet_file(args, tmp_path, sample):
+    (tmp_path / "cut").mkdir()
+    data = (sample.index_dir / "idc_index.parquet").read_bytes()
+    (tmp_path / "cut" / "idc_index.parquet").write_bytes(data[:len(data) // 2])
+    args["--index"] = str(tmp_path / "cut")
+    assert_one_line_error(mount_with(args), "not a readable parquet")
+
+
+def test_layout_whose_names_would_be_longer_than_a_name_can_be(args):
+    level = "%SeriesInstanceUID_%StudyInstanceUID_%SeriesInstanceUID_%StudyInstanceUID"
+    proc = mount_with(args, "--layout", f"%collection_id/{level}")
+    assert_one_line_error(proc, "255")
+    assert not os.path.ismount(args["mountpoint"])
+
+
 def test_index_whose_rows_cannot_be_indexed_fails_in_the_daemon_with_its_reason(args, tmp_path):
     (tmp_path / "types").mkdir()
     columns = ["collection_id", "PatientID", "StudyInstanceUID", "Modality", "SeriesInstanceUID",
