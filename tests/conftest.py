@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -41,6 +42,41 @@ def tools_sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> 
     import tools_sample as tools
 
     return tools.build_tools_sample(s3_endpoint, tmp_path_factory.mktemp("tools") / "index")
+
+
+@pytest.fixture(scope="session")
+def tools_copy(tools_sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tool sample's objects written to a local directory tree of the mount's shape."""
+    from test_mount import series_dir
+
+    root = tmp_path_factory.mktemp("local") / "copy"
+    for row in tools_sample.rows:
+        folder = series_dir(root, row)
+        folder.mkdir(parents=True)
+        for name, data in tools_sample.series_objects(row).items():
+            (folder / name).write_bytes(data)
+    return root
+
+
+def daemon_pids(mountpoint: Path) -> list[int]:
+    """The idcfs daemon serving mountpoint (a list: empty once it is gone)."""
+    out = subprocess.run(["pgrep", "-f", f"idcfs mount {mountpoint} "], capture_output=True,
+                         text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+def sample_daemon(pid: int) -> dict[str, int]:
+    """Resident memory (KiB), open descriptors and how many of them are sockets."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    return {"rss_kib": rss, "fds": len(links),
+            "sockets": sum(link.startswith("socket:") for link in links)}
 
 
 def run_idcfs(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from conftest import mounted, run_idcfs, server_counts
+from conftest import daemon_pids, mounted, run_idcfs, server_counts
 from idcfs.cache import BLOCK_SIZE, DiskBlocks, ObjectRef, _verified
 from test_mount import series_dir
 
@@ -103,9 +103,32 @@ def test_the_disk_cache_stays_within_its_bound(sample, fast_s3, tmp_path):
                 assert _settled_usage(tmp_path / "cache" / "blocks") <= bound
 
 
-def _daemon_pids(mnt) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"idcfs mount {mnt} "], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB filesystem of its own, to fill up."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
+                   check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_reads_stay_exact_when_the_cache_disk_fills_up_and_it_is_said(sample, fast_s3, tmp_path,
+                                                                      small_disk):
+    log = tmp_path / "idcfs.log"
+    with mounted(sample, tmp_path / "mnt", small_disk / "cache", "--cache-size", "1G",
+                 "--log-file", str(log), endpoint=fast_s3) as mnt:
+        read = 0
+        for row in sample.rows:
+            for name, data in sample.series_objects(row).items():
+                assert (series_dir(mnt, row) / name).read_bytes() == data
+                read += len(data)
+        assert read > 4 << 20  # more than the disk holds
+        assert os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize < 1 << 20
+    text = log.read_text()
+    assert ("cannot write to the disk cache" in text
+            or "the disk of the cache is nearly full" in text), text
 
 
 def test_kill_9_during_heavy_reads_leaves_only_correct_blocks(sample, fast_s3, tmp_path):
@@ -116,7 +139,7 @@ def test_kill_9_during_heavy_reads_leaves_only_correct_blocks(sample, fast_s3, t
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for r in sample.rows]
         time.sleep(0.3)
-        for pid in _daemon_pids(mnt):
+        for pid in daemon_pids(mnt):
             os.kill(pid, signal.SIGKILL)
         for reader in readers:
             reader.wait(30)

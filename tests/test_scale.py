@@ -1,20 +1,28 @@
-"""Scale: a series folder of 100,000 objects lists completely, once each, through paged readdir."""
+"""Scale: a series folder of 100,000 objects lists completely, once each, through paged readdir;
+`find` walks a whole real collection (every series listed from the bucket) and the daemon stays up
+and small."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import s3server
 import sample as sample_data
-from conftest import mounted
+from conftest import daemon_pids, mounted, sample_daemon
 from test_mount import series_dir
 
+from idcfs import naming
+
 COUNT = 100_000
+# A large real collection: ~4,300 series of ~600 patients, ~13,000 instances in idc-index-data 25.
+COLLECTION = "tcga_gbm"
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +58,48 @@ def test_a_folder_of_100000_files_lists_completely_without_duplicates(huge, tmp_
         assert len(found) == COUNT
         for name in (names[0], names[COUNT // 2], names[-1]):
             assert (series_dir(mnt, row) / name).read_bytes() == name.encode()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Every real index row of COLLECTION, each series folder holding as many tiny objects as
+    the index says it has instances."""
+    base = tmp_path_factory.mktemp("collection")
+    con = duckdb.connect()
+    rows = con.execute(f"SELECT * FROM read_parquet('{sample_data.REAL_INDEX}') "
+                       "WHERE collection_id = ?", [COLLECTION]).to_arrow_table().to_pylist()
+    con.close()
+    for row in rows:
+        folder = base / "s3" / row["aws_bucket"] / row["crdc_series_uuid"]
+        folder.mkdir(parents=True)
+        for i in range(row["instanceCount"]):
+            name = f"{uuid.uuid5(sample_data.NAMESPACE, row['crdc_series_uuid'] + str(i))}.dcm"
+            (folder / name).write_bytes(name.encode())
+    (base / "index").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(sample_data.REAL_INDEX)),
+                   base / "index" / "idc_index.parquet")
+    port = sample_data.free_port()
+    server = s3server.start(base / "s3", port)
+    yield rows, base, f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait()
+
+
+def test_find_over_a_whole_collection_sees_every_file_and_the_daemon_stays_up(collection,
+                                                                              tmp_path):
+    rows, base, endpoint = collection
+    index = sample_data.Sample(index_dir=base / "index", rows=rows)
+    folders = {series_dir(tmp_path, row) for row in rows}
+    with mounted(index, tmp_path / "m", tmp_path / "c", endpoint=endpoint) as mnt:
+        (pid,) = daemon_pids(mnt)
+        found = subprocess.run(["find", str(mnt / naming.encode(COLLECTION))],
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+        assert len([f for f in found if f.endswith(".dcm")]) == sum(r["instanceCount"] for r in rows)
+        assert len(set(found)) == len(found)
+        series_found = {p for p in found if p.count("/") == str(mnt).count("/") + 4}
+        assert len(series_found) == len(folders)
+        assert daemon_pids(mnt) == [pid]
+        assert sample_daemon(pid)["rss_kib"] < 400 * 1024
+        row = rows[len(rows) // 2]
+        name = f"{uuid.uuid5(sample_data.NAMESPACE, row['crdc_series_uuid'] + '0')}.dcm"
+        assert (series_dir(mnt, row) / name).read_bytes() == name.encode()

@@ -40,20 +40,8 @@ def tools_mount(tools_sample, s3_endpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_copy(tools_sample, tmp_path_factory) -> Path:
-    """The same objects written to a local directory tree of the same shape."""
-    root = tmp_path_factory.mktemp("local") / "copy"
-    for row in tools_sample.rows:
-        folder = series_dir(root, row)
-        folder.mkdir(parents=True)
-        for name, data in tools_sample.series_objects(row).items():
-            (folder / name).write_bytes(data)
-    return root
-
-
-@pytest.fixture(scope="module")
-def sides(tools_mount, local_copy) -> dict[str, Path]:
-    return {"mount": tools_mount, "local": local_copy}
+def sides(tools_mount, tools_copy) -> dict[str, Path]:
+    return {"mount": tools_mount, "local": tools_copy}
 
 
 def files(sample) -> list[Path]:
@@ -333,7 +321,7 @@ def test_head_and_tail_return_the_same_bytes(tools_sample, sides, cmd):
 # --- the example script ----------------------------------------------------------------------
 
 def test_example_script_mounts_a_cohort_and_loads_a_series_into_numpy(tools_sample, s3_endpoint,
-                                                                      local_copy, tmp_path):
+                                                                      tools_copy, tmp_path):
     row = next(r for r in tools_sample.rows if r["Modality"] == "CT")
     saved = tmp_path / "volume.npy"
     try:
@@ -346,7 +334,7 @@ def test_example_script_mounts_a_cohort_and_loads_a_series_into_numpy(tools_samp
     finally:
         force_unmount(tmp_path / "mnt")
     assert proc.returncode == 0, proc.stderr
-    slices = [pydicom.dcmread(f) for f in (local_copy / series_dir(Path(), row)).iterdir()]
+    slices = [pydicom.dcmread(f) for f in (tools_copy / series_dir(Path(), row)).iterdir()]
     slices.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
     expected = np.stack([pydicom.pixels.apply_modality_lut(ds.pixel_array, ds) for ds in slices])
     assert np.array_equal(np.load(saved), expected)
