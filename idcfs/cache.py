@@ -7,7 +7,9 @@ mounts of any versions share them.
 On disk every block is a file written to a temporary name and renamed into place, with a trailer
 holding its length and CRC32: a block is complete and correct or absent, after `kill -9` too, and
 one damaged by the disk or a power cut (renames are not fsynced) is detected on read, deleted and
-fetched again, never served. The disk layer's size is bounded; least recently used blocks go first.
+fetched again, never served. Blocks are written past the page cache (O_DIRECT) where the filesystem
+allows: copying into the page cache costs more CPU than the fetch. The disk layer's size is
+bounded; least recently used blocks go first.
 Its accounting is built by a scan in the background, so start-up never waits for a large cache.
 
 Above it, a bounded LRU of hot blocks in memory, and single-flight fetching: concurrent readers of
@@ -18,8 +20,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
+import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -47,6 +52,7 @@ _MAGIC = b"IDCB"
 _WARN_EVERY = 60.0
 _SPACE_CHECK_EVERY = 32
 _RESERVE = 1 << 30
+_DIRECT_ALIGN = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,8 @@ class DiskBlocks:
         self._last_warning = 0.0
         self._puts = 0
         self._dirs: set[Path] = set()
+        self._direct = True
+        self._buffers = threading.local()  # one page-aligned buffer per writing thread
         self._started = time.time() - 1
         self.corrupt = 0
         self.write_errors = 0
@@ -191,14 +199,50 @@ class DiskBlocks:
         except FileNotFoundError:  # `idcfs cache clear` removed it under a live mount
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        open_fd: int | None = fd
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.write(_TRAILER.pack(len(data), zlib.crc32(data), _MAGIC))
+            record = data + _TRAILER.pack(len(data), zlib.crc32(data), _MAGIC)
+            if not (self._direct and self._write_direct(fd, record)):
+                with os.fdopen(fd, "wb", closefd=False) as out:
+                    out.write(record)
+            open_fd = None
+            os.close(fd)
             os.replace(tmp, path)
         except BaseException:
+            if open_fd is not None:
+                os.close(open_fd)
             _unlink(tmp)
             raise
+
+    def _write_direct(self, fd: int, record: bytes) -> bool:
+        """Write record with O_DIRECT, past the page cache: on these machines copying a block into
+        the page cache costs more CPU than fetching it (1 GiB: 1.5-2.9 s of system time buffered,
+        0.35 s direct), and a block just fetched is in the memory cache anyway. False where the
+        filesystem has no O_DIRECT (tmpfs, some network filesystems): write it buffered."""
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+        except OSError:
+            self._direct = False
+            return False
+        padded = -(-len(record) // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        buf = getattr(self._buffers, "buf", None)
+        if buf is None or len(buf) < padded:
+            buf = self._buffers.buf = mmap.mmap(-1, max(padded, BLOCK_SIZE + _DIRECT_ALIGN))
+        buf[:len(record)] = record
+        buf[len(record):padded] = bytes(padded - len(record))
+        try:
+            written = os.write(fd, memoryview(buf)[:padded])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._direct = False
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            os.lseek(fd, 0, os.SEEK_SET)
+            return False
+        if written != padded:
+            raise OSError(errno.EIO, f"short write to the disk cache ({written} of {padded})")
+        os.ftruncate(fd, len(record))
+        return True
 
     def _keep_disk_free(self) -> None:
         """Shrink the bound if the disk itself runs low, whatever else is filling it."""

@@ -58,6 +58,17 @@ def tools_copy(tools_sample: sample_data.Sample, tmp_path_factory: pytest.TempPa
     return root
 
 
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own: a filesystem without O_DIRECT, and a disk that fills up."""
+    disk = tmp_path / "tmpfs"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
+                   check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def daemon_pids(mountpoint: Path) -> list[int]:
     """The idcfs daemon serving mountpoint (a list: empty once it is gone)."""
     out = subprocess.run(["pgrep", "-f", f"idcfs mount {mountpoint} "], capture_output=True,

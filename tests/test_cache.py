@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import random
 import time
@@ -9,6 +11,7 @@ import time
 import pytest
 import trio
 
+from idcfs import cache as cache_module
 from idcfs.cache import BlockCache, DiskBlocks, ObjectRef, clear
 
 BS = 1024
@@ -221,3 +224,32 @@ def test_a_whole_object_whose_bytes_do_not_match_its_etag_is_refused_and_not_cac
     assert not cache.disk.path(obj, 0).exists()
     source.data["slice"] = good
     assert trio.run(cache.read, obj, 0, 300) == good
+
+
+class _NoDirectIO:
+    """fcntl as on a filesystem without O_DIRECT: setting the flag fails with EINVAL."""
+
+    F_GETFL, F_SETFL = fcntl.F_GETFL, fcntl.F_SETFL
+
+    @staticmethod
+    def fcntl(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return fcntl.fcntl(fd, cmd, arg)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "no_o_direct"])
+def test_blocks_of_any_size_are_written_exactly_with_or_without_o_direct(tmp_path, monkeypatch,
+                                                                        direct):
+    if not direct:
+        monkeypatch.setattr(cache_module, "fcntl", _NoDirectIO)
+    disk = DiskBlocks(tmp_path, 1 << 30)
+    rng = random.Random(9)
+    for i, size in enumerate([1, 4079, 4080, 4096, 4097, 65536 + 3, 1 << 20]):
+        data = rng.randbytes(size)
+        obj = ObjectRef("idc-open-data", f"k{i}", size)
+        disk.put(obj, 0, data)
+        assert disk.path(obj, 0).stat().st_size == size + 16  # the block and its trailer
+        assert disk.get(obj, 0, size) == data
+    assert disk.write_errors == 0
+    assert disk._direct is direct  # (the test directory is on a filesystem with O_DIRECT)

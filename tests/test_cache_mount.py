@@ -103,21 +103,10 @@ def test_the_disk_cache_stays_within_its_bound(sample, fast_s3, tmp_path):
                 assert _settled_usage(tmp_path / "cache" / "blocks") <= bound
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB filesystem of its own, to fill up."""
-    disk = tmp_path / "small"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
-                   check=True)
-    yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
 def test_reads_stay_exact_when_the_cache_disk_fills_up_and_it_is_said(sample, fast_s3, tmp_path,
-                                                                      small_disk):
+                                                                      tmpfs):
     log = tmp_path / "idcfs.log"
-    with mounted(sample, tmp_path / "mnt", small_disk / "cache", "--cache-size", "1G",
+    with mounted(sample, tmp_path / "mnt", tmpfs / "cache", "--cache-size", "1G",
                  "--log-file", str(log), endpoint=fast_s3) as mnt:
         read = 0
         for row in sample.rows:
@@ -125,7 +114,7 @@ def test_reads_stay_exact_when_the_cache_disk_fills_up_and_it_is_said(sample, fa
                 assert (series_dir(mnt, row) / name).read_bytes() == data
                 read += len(data)
         assert read > 4 << 20  # more than the disk holds
-        assert os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize < 1 << 20
+        assert os.statvfs(tmpfs).f_bavail * os.statvfs(tmpfs).f_frsize < 1 << 20
     text = log.read_text()
     assert ("cannot write to the disk cache" in text
             or "the disk of the cache is nearly full" in text), text
