@@ -201,10 +201,11 @@ class DiskBlocks:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         open_fd: int | None = fd
         try:
-            record = data + _TRAILER.pack(len(data), zlib.crc32(data), _MAGIC)
-            if not (self._direct and self._write_direct(fd, record)):
+            trailer = _TRAILER.pack(len(data), zlib.crc32(data), _MAGIC)
+            if not (self._direct and self._write_direct(fd, data, trailer)):
                 with os.fdopen(fd, "wb", closefd=False) as out:
-                    out.write(record)
+                    out.write(data)
+                    out.write(trailer)
             open_fd = None
             os.close(fd)
             os.replace(tmp, path)
@@ -214,8 +215,8 @@ class DiskBlocks:
             _unlink(tmp)
             raise
 
-    def _write_direct(self, fd: int, record: bytes) -> bool:
-        """Write record with O_DIRECT, past the page cache: on these machines copying a block into
+    def _write_direct(self, fd: int, data: bytes, trailer: bytes) -> bool:
+        """Write the block and its trailer with O_DIRECT, past the page cache: on these machines copying a block into
         the page cache costs more CPU than fetching it (1 GiB: 1.5-2.9 s of system time buffered,
         0.35 s direct), and a block just fetched is in the memory cache anyway. False where the
         filesystem has no O_DIRECT (tmpfs, some network filesystems): write it buffered."""
@@ -224,12 +225,14 @@ class DiskBlocks:
         except OSError:
             self._direct = False
             return False
-        padded = -(-len(record) // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        size = len(data) + len(trailer)
+        padded = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
         buf = getattr(self._buffers, "buf", None)
         if buf is None or len(buf) < padded:
             buf = self._buffers.buf = mmap.mmap(-1, max(padded, BLOCK_SIZE + _DIRECT_ALIGN))
-        buf[:len(record)] = record
-        buf[len(record):padded] = bytes(padded - len(record))
+        buf[:len(data)] = data
+        buf[len(data):size] = trailer
+        buf[size:padded] = bytes(padded - size)
         try:
             written = os.write(fd, memoryview(buf)[:padded])
         except OSError as exc:
@@ -241,7 +244,7 @@ class DiskBlocks:
             return False
         if written != padded:
             raise OSError(errno.EIO, f"short write to the disk cache ({written} of {padded})")
-        os.ftruncate(fd, len(record))
+        os.ftruncate(fd, size)
         return True
 
     def _keep_disk_free(self) -> None:
