@@ -77,11 +77,11 @@ def test_32_concurrent_random_readers_get_exact_bytes_with_bounded_resources(
     rss_early, rss_late = thirds(samples, "rss_kib")
     for s in [before, after, *samples]:
         s["files"] = s["fds"] - s["sockets"]
-    files_early, files_late = thirds(samples, "files")
     print(f"daemon RSS {before['rss_kib'] // 1024} MiB before, peaks {rss_early // 1024} -> "
-          f"{rss_late // 1024} MiB; non-socket fds {before['files']} before, peaks {files_early} "
-          f"-> {files_late}, {after['files']} after; {stats['fetches']} fetches")
+          f"{rss_late // 1024} MiB; non-socket fds {before['files']} before, at most "
+          f"{max(s['files'] for s in samples)}, {after['files']} after; {stats['fetches']} fetches")
     assert max(s["rss_kib"] for s in samples) < 400 * 1024
     assert rss_late < rss_early + 32 * 1024, "memory grows with the length of the run"
-    assert files_late <= files_early + 2, "descriptors grow with the length of the run"
-    assert after["files"] <= before["files"] + 2
+    # Files open at once: blocks being written behind and read from disk (trio's thread limit).
+    assert max(s["files"] for s in samples) <= before["files"] + 48
+    assert after["files"] <= before["files"] + 2, "descriptors left open after the load"
