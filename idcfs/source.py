@@ -119,9 +119,13 @@ class ObjectSource:
             except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError, TimeoutError) as exc:
                 failure = self._error("reading", bucket, key, exc)
                 continue
-            expected_range = f"bytes {start}-{start + length - 1}/"
-            if not resp.get("ContentRange", expected_range).startswith(expected_range) or \
-                    "html" in resp.get("ContentType", ""):
+            # S3 answers a ranged GET with that range (206, Content-Range). A 200 without one is
+            # the whole object, right only for a range from 0, and only from S3: a web page from
+            # a proxy or login portal comes that way too.
+            answered = resp.get("ContentRange")
+            if (answered is None and (start > 0 or "html" in resp.get("ContentType", ""))
+                    or answered is not None
+                    and not answered.startswith(f"bytes {start}-{start + length - 1}/")):
                 raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: "
                                   f"{_not_s3(resp)}")
             if len(data) == length:
@@ -139,4 +143,6 @@ def _not_s3(response: dict) -> str:
         return f"the endpoint answered with an HTML page ({kind}), not S3: a proxy or login page?"
     if "ContentRange" in response:
         return f"the endpoint answered with {response['ContentRange']}, not the range asked for"
+    if "Body" in response:
+        return "the endpoint answered a ranged read without the range (no Content-Range)"
     return f"the endpoint's answer ({kind}) is not an S3 response"

@@ -105,11 +105,32 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("method,args", [("list_series", ("idc-open-data", "x/")),
-                                         ("get_range", ("idc-open-data", "x/1.dcm", 0, 65)),
+                                         ("get_range", ("idc-open-data", "x/1.dcm", 0, 66)),
                                          ("get_range", ("idc-open-data", "x/1.dcm", 10, 20))])
 def test_an_endpoint_answering_with_a_web_page_is_an_error_saying_so(method, args):
     with serving(HtmlPage) as endpoint, pytest.raises(SourceError, match="HTML page"):
         run(endpoint, method, *args)
+
+
+class IgnoresRange(http.server.BaseHTTPRequestHandler):
+    """An endpoint that answers every GET with the whole 100-byte object, whatever the Range."""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom")
+        self.send_header("Content-Length", "100")
+        self.end_headers()
+        self.wfile.write(bytes(range(100)))
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_range_answered_with_the_whole_object_is_refused_unless_it_starts_at_0():
+    with serving(IgnoresRange) as endpoint:
+        assert run(endpoint, "get_range", "idc-open-data", "x/1.dcm", 0, 100) == bytes(range(100))
+        with pytest.raises(SourceError, match="without the range"):
+            run(endpoint, "get_range", "idc-open-data", "x/1.dcm", 10, 20)
 
 
 def test_requests_are_unsigned_even_with_credentials_in_the_environment(monkeypatch, tmp_path):
