@@ -305,7 +305,7 @@ class Operations(pyfuse3.Operations):
                              listing.etag(i))
 
         fh = self._handle(Stream(object_at(node.file)))
-        self.reader.opened(ref, node.file, len(listing.names), object_at)
+        self.reader.opened(ref, node.file, listing.sizes, object_at)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     def _handle(self, opened: Stream | bytes) -> int:

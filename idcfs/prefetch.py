@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cachetools
@@ -145,20 +145,25 @@ class Reader:
         stream.ahead_until = max(stream.ahead_until, last)
         stream.window = min(READAHEAD_CAP, stream.window * 2)
 
-    def opened(self, series: object, position: int, count: int,
+    def opened(self, series: object, position: int, sizes: Sequence[int],
                object_at: Callable[[int], ObjectRef]) -> None:
-        """A file of a series was opened: fetch the files after it, if that looks worthwhile."""
+        """A file of a series was opened: fetch the files after it, if that looks worthwhile.
+
+        The bytes ahead are summed from the listing's sizes: making an ObjectRef for each of the
+        ~100 files in the window, on every open, took 15 % of the FUSE loop's time in a warm
+        `cp -r`."""
         if self._nursery is None:
             return
         state = self._series.get(series)
         if state is None:
             state = self._series[series] = _SeriesState()
         state.opened.add(position)
+        count = len(sizes)
         limit = position + 1 + SERIES_FIRST_AHEAD
         if len(state.opened) > 1:
             limit, budget = position + 1, SERIES_AHEAD_BYTES
             while limit < count and budget > 0:
-                budget -= object_at(limit).size
+                budget -= sizes[limit]
                 limit += 1
         start = max(state.scheduled_until, position + 1)
         for i in range(start, min(limit, count)):

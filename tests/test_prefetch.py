@@ -89,12 +89,12 @@ def test_reading_a_series_file_by_file_fetches_the_rest_ahead():
 
     async def body(reader):
         for i in range(2):
-            reader.opened("series", i, len(objs), objs.__getitem__)
+            reader.opened("series", i, [o.size for o in objs], objs.__getitem__)
             await reader.read(Stream(objs[i]), 0, objs[i].size)
         await trio.sleep(0.3)
         before = len(source.gets)
         for i in range(2, 30):
-            reader.opened("series", i, len(objs), objs.__getitem__)
+            reader.opened("series", i, [o.size for o in objs], objs.__getitem__)
             assert await reader.read(Stream(objs[i]), 0, objs[i].size) == source.data[objs[i].key]
         return before
 
@@ -107,7 +107,7 @@ def test_opening_one_file_of_a_series_prefetches_only_a_little():
     source, objs = _series(30)
 
     async def body(reader):
-        reader.opened("series", 5, len(objs), objs.__getitem__)
+        reader.opened("series", 5, [o.size for o in objs], objs.__getitem__)
         await reader.read(Stream(objs[5]), 0, 10)
 
     run_with_reader(source, body)
@@ -119,7 +119,7 @@ def test_series_prefetch_stays_within_its_byte_budget():
 
     async def body(reader):
         for i in range(2):
-            reader.opened("series", i, len(objs), objs.__getitem__)
+            reader.opened("series", i, [o.size for o in objs], objs.__getitem__)
 
     run_with_reader(source, body)
     fetched = sum(length for _, _, length in source.gets)
