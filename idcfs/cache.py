@@ -216,10 +216,11 @@ class DiskBlocks:
             raise
 
     def _write_direct(self, fd: int, data: bytes, trailer: bytes) -> bool:
-        """Write the block and its trailer with O_DIRECT, past the page cache: on these machines copying a block into
-        the page cache costs more CPU than fetching it (1 GiB: 1.5-2.9 s of system time buffered,
-        0.35 s direct), and a block just fetched is in the memory cache anyway. False where the
-        filesystem has no O_DIRECT (tmpfs, some network filesystems): write it buffered."""
+        """Write the block and its trailer with O_DIRECT, past the page cache: on these machines
+        copying a block into the page cache costs more CPU than fetching it (1 GiB: 1.5-2.9 s of
+        system time buffered, 0.35 s direct), and a block just fetched is in the memory cache
+        anyway. False where the filesystem has no O_DIRECT (some network filesystems, tmpfs
+        before Linux 6.6): the caller writes it buffered."""
         try:
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
         except OSError:

@@ -19,6 +19,7 @@ import pyfuse3
 import trio
 
 from . import about, naming
+from .naming import NAME_MAX
 from .cache import ObjectRef
 from .listings import Listings
 from .prefetch import Reader, Stream
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 
 IMMUTABLE_TIMEOUT = 24 * 3600.0
 BLOCK_SIZE = 1 << 20
-NAME_MAX = 255
 XATTR_PREFIX = "user.idc."
 # After a failed readahead request the kernel at once asks again for the page being read; for this
 # long, a read inside a range that just failed fails at once instead of taking a second budget.

@@ -34,6 +34,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from . import layout, selection
+from .naming import NAME_MAX
 from .selection import Selection
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,6 @@ PRIOR_FILE = selection.PRIOR_FILE
 # Kept per series row, for extended attributes: the identifiers, then the citation columns.
 ROW_COLUMNS = ["collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"]
 TEXT_COLUMNS = ["source_DOI", "license_short_name"]
-
-
-NAME_MAX = 255
 
 
 class BadIndex(Exception):

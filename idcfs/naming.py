@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 
 EMPTY_NAME = "%"
+NAME_MAX = 255  # bytes in one file name, as Linux filesystems allow
 _NEEDS_ESCAPE = re.compile(r"[%/\x00]")
 _ESCAPES = {"%": "%25", "/": "%2F", "\x00": "%00"}
 _SEQUENCE = re.compile(r"%(25|2F|00)")

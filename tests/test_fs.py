@@ -11,8 +11,9 @@ import pytest
 import trio
 
 from idcfs.cache import BlockCache, ObjectRef
-from idcfs.fs import FAILED_READ_MEMORY, NAME_MAX, Operations
+from idcfs.fs import FAILED_READ_MEMORY, Operations
 from idcfs.listings import Listings
+from idcfs.naming import NAME_MAX
 from idcfs.prefetch import Reader
 from idcfs.source import SourceError
 from idcfs.tree import ROOT, SeriesRef
