@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -77,6 +78,24 @@ def test_bad_layouts_are_refused_in_one_line(sample, template, message):
     with pytest.raises(BadSelection) as err:
         check(sample.index_dir, Selection(idc_version=25, layout=template))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("patient,fits", [("x" * 255, True), ("x" * 256, False),
+                                           ("/" * 85, True), ("/" * 85 + "a", False)])
+def test_a_level_whose_escaped_names_exceed_255_bytes_is_refused(tmp_path, patient, fits):
+    """Escaping counts: 85 slashes are a 255-byte name (%2F each), one character more is 256."""
+    row = {"collection_id": "c", "PatientID": patient, "StudyInstanceUID": "1.2",
+           "Modality": "CT", "SeriesInstanceUID": "1.2.3", "crdc_series_uuid": "u",
+           "aws_bucket": "idc-open-data"}
+    (tmp_path / "index").mkdir()
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "index" / "idc_index.parquet")
+    selection = Selection(layout="%collection_id/%PatientID")
+    if fits:
+        tree = Tree(index.load(tmp_path / "index", tmp_path / "c", selection))
+        assert len(naming.encode(patient).encode()) <= 255 and tree.rows == 1
+    else:
+        with pytest.raises(index.BadIndex, match="255"):
+            index.load(tmp_path / "index", tmp_path / "c", selection)
 
 
 def test_a_flat_mount_holds_every_file_in_its_root(sample, s3_endpoint, tmp_path):
