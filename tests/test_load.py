@@ -2,6 +2,9 @@
 tests/load_reader.py) through one mount for a bounded time. Every read equals the reference bytes;
 the daemon's memory, file descriptors and connections are sampled throughout and stay bounded.
 
+The 20 s run of `make test` guards against gross leaks; a slow creep needs a longer run
+(`IDCFS_LOAD_SECONDS=90`): that is how the malloc arena fragmentation (+30 MiB a minute) was found.
+
 The caches are set small (8 MiB in memory, 24 MiB on disk, under the 33 MiB of the sample), so
 the run keeps evicting and refetching, and large-file readahead, whole-object fetches, series
 prefetch and single-flight all run at once.
@@ -10,6 +13,7 @@ prefetch and single-flight all run at once.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +27,7 @@ from conftest import daemon_pids, mounted, sample_daemon
 from test_tools import files
 
 READERS = 32
-SECONDS = 20
+SECONDS = int(os.environ.get("IDCFS_LOAD_SECONDS", "20"))  # longer runs: IDCFS_LOAD_SECONDS=90
 CONNECTIONS = 16
 READER = Path(__file__).parent / "load_reader.py"
 
@@ -40,9 +44,9 @@ def tools_fast_s3(tools_sample, tmp_path_factory):
 
 
 def thirds(samples: list[dict[str, int]], key: str) -> tuple[int, int]:
-    """Peak of the first and of the last third of the run."""
+    """Peak of the middle and of the last third of the run (the first is the caches filling)."""
     third = max(1, len(samples) // 3)
-    return max(s[key] for s in samples[:third]), max(s[key] for s in samples[-third:])
+    return max(s[key] for s in samples[third:-third]), max(s[key] for s in samples[-third:])
 
 
 def test_32_concurrent_random_readers_get_exact_bytes_with_bounded_resources(
@@ -74,14 +78,14 @@ def test_32_concurrent_random_readers_get_exact_bytes_with_bounded_resources(
     assert stats["errors"] == 0
     assert stats["fetches"] > 100  # the caches really were too small to hold the sample
     assert max(s["sockets"] for s in samples) <= CONNECTIONS + before["sockets"]
-    rss_early, rss_late = thirds(samples, "rss_kib")
+    rss_middle, rss_late = thirds(samples, "rss_kib")
     for s in [before, after, *samples]:
         s["files"] = s["fds"] - s["sockets"]
-    print(f"daemon RSS {before['rss_kib'] // 1024} MiB before, peaks {rss_early // 1024} -> "
+    print(f"daemon RSS {before['rss_kib'] // 1024} MiB before, peaks {rss_middle // 1024} -> "
           f"{rss_late // 1024} MiB; non-socket fds {before['files']} before, at most "
           f"{max(s['files'] for s in samples)}, {after['files']} after; {stats['fetches']} fetches")
     assert max(s["rss_kib"] for s in samples) < 400 * 1024
-    assert rss_late < rss_early + 32 * 1024, "memory grows with the length of the run"
+    assert rss_late < rss_middle + 24 * 1024, "memory grows with the length of the run"
     # Files open at once: blocks being written behind and read from disk (trio's thread limit).
     assert max(s["files"] for s in samples) <= before["files"] + 48
     assert after["files"] <= before["files"] + 2, "descriptors left open after the load"
