@@ -132,13 +132,12 @@ def mount(sample: sample_data.Sample, s3_endpoint: str,
         yield mnt
 
 
-@pytest.fixture(scope="session")
-def fast_s3(sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The sample's objects behind the counting read-only S3 server (tests/s3server.py)."""
+@contextmanager
+def serving(root: Path) -> Iterator[str]:
+    """The counting read-only S3 server (tests/s3server.py) serving root/<bucket>/<key>: its URL,
+    stopped however the caller ends."""
     import s3server
 
-    root = tmp_path_factory.mktemp("fast-s3")
-    s3server.write_tree(root, sample.objects)
     port = sample_data.free_port()
     server = s3server.start(root, port)
     try:
@@ -146,6 +145,17 @@ def fast_s3(sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def fast_s3(sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The sample's objects behind the counting read-only S3 server."""
+    import s3server
+
+    root = tmp_path_factory.mktemp("fast-s3")
+    s3server.write_tree(root, sample.objects)
+    with serving(root) as endpoint:
+        yield endpoint
 
 
 def server_counts(endpoint: str, reset: bool = False) -> dict[str, int]:

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 import s3server
-import sample as sample_data
-from conftest import daemon_pids, mounted, sample_daemon
+from conftest import daemon_pids, mounted, sample_daemon, serving
 from test_tools import files
 
 READERS = 32
@@ -36,11 +35,8 @@ READER = Path(__file__).parent / "load_reader.py"
 def tools_fast_s3(tools_sample, tmp_path_factory):
     root = tmp_path_factory.mktemp("tools-s3")
     s3server.write_tree(root, tools_sample.objects)
-    port = sample_data.free_port()
-    server = s3server.start(root, port)
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(10)
+    with serving(root) as endpoint:
+        yield endpoint
 
 
 def thirds(samples: list[dict[str, int]], key: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import s3server
-import sample
+from conftest import serving
 
 OBJECTS = {("idc-open-data", f"series-a/{i:04}.dcm"): os.urandom(100 + i) for i in range(1005)}
 OBJECTS.update({("idc-open-data", "series-b/x.dcm"): b"x" * 5000,
@@ -27,11 +27,8 @@ S5CMD = shutil.which("s5cmd", path=os.path.dirname(sys.executable)) or "s5cmd"
 def endpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("s3root")
     s3server.write_tree(root, OBJECTS)
-    port = sample.free_port()
-    proc = s3server.start(root, port)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait()
+    with serving(root) as url:
+        yield url
 
 
 @pytest.fixture

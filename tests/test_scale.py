@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import s3server
 import sample as sample_data
-from conftest import daemon_pids, mounted, sample_daemon
+from conftest import daemon_pids, mounted, sample_daemon, serving
 from test_mount import series_dir
 
 from idcfs import naming
@@ -39,11 +38,8 @@ def huge(sample, tmp_path_factory):
     (base / "index").mkdir()
     pq.write_table(pa.Table.from_pylist([row], schema=pq.read_schema(sample_data.REAL_INDEX)),
                    base / "index" / "idc_index.parquet")
-    port = sample_data.free_port()
-    server = s3server.start(base / "s3", port)
-    yield row, names, base, f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait()
+    with serving(base / "s3") as endpoint:
+        yield row, names, base, endpoint
 
 
 def test_a_folder_of_100000_files_lists_completely_without_duplicates(huge, tmp_path):
@@ -78,11 +74,8 @@ def collection(tmp_path_factory):
     (base / "index").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(sample_data.REAL_INDEX)),
                    base / "index" / "idc_index.parquet")
-    port = sample_data.free_port()
-    server = s3server.start(base / "s3", port)
-    yield rows, base, f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait()
+    with serving(base / "s3") as endpoint:
+        yield rows, base, endpoint
 
 
 def test_find_over_a_whole_collection_sees_every_file_and_the_daemon_stays_up(collection,
