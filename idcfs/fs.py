@@ -19,9 +19,9 @@ import pyfuse3
 import trio
 
 from . import about, naming
-from .naming import NAME_MAX
-from .cache import ObjectRef
+from .cache import BLOCK_SIZE, ObjectRef
 from .listings import Listings
+from .naming import NAME_MAX
 from .prefetch import Reader, Stream
 from .source import SourceError
 from .tree import FILE, ROOT, Listing, Node, SeriesRef, Tree
@@ -29,7 +29,6 @@ from .tree import FILE, ROOT, Listing, Node, SeriesRef, Tree
 log = logging.getLogger(__name__)
 
 IMMUTABLE_TIMEOUT = 24 * 3600.0
-BLOCK_SIZE = 1 << 20
 XATTR_PREFIX = "user.idc."
 # After a failed readahead request the kernel at once asks again for the page being read; for this
 # long, a read inside a range that just failed fails at once instead of taking a second budget.
