@@ -9,6 +9,7 @@ daemon's own error if it could not mount.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import hashlib
 import logging
@@ -450,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(cfg, ready_fd=args.ready_fd, build=build)
     except (UsageError, BadIndex, BadSelection) as exc:
-        if getattr(args, "ready_fd", None) is not None:
-            os.write(args.ready_fd, str(exc).encode())
+        _tell_starter(args, str(exc))
         print(f"idcfs: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -462,7 +462,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         first = (str(exc).splitlines() or [""])[0]
         message = f"unexpected error: {type(exc).__name__}: {first} (run with --debug for details)"
-        if getattr(args, "ready_fd", None) is not None:
-            os.write(args.ready_fd, message.encode())
+        _tell_starter(args, message)
         print(f"idcfs: {message}", file=sys.stderr)
         return 1
+
+
+def _tell_starter(args: argparse.Namespace, message: str) -> None:
+    """Pass a failure to the process waiting for the daemon to be ready, if it still waits: once
+    the daemon has said "ready" the pipe is closed, and a later failure is only logged."""
+    fd = getattr(args, "ready_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(fd, message.encode())

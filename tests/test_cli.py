@@ -40,6 +40,13 @@ def test_missing_mountpoint(args, tmp_path):
     assert_one_line_error(mount_with(args), "does not exist", "absent")
 
 
+def test_a_failure_after_the_starter_stopped_waiting_is_still_one_line(args, tmp_path):
+    """The daemon closes its ready pipe once mounted; an error after that must not turn into a
+    traceback about the closed pipe (fd 1000 is not open in the child)."""
+    args["mountpoint"] = str(tmp_path / "absent")
+    assert_one_line_error(mount_with(args, "--foreground", "--ready-fd", "1000"), "does not exist")
+
+
 def test_mountpoint_that_is_a_file(args, tmp_path):
     (tmp_path / "file").write_text("x")
     args["mountpoint"] = str(tmp_path / "file")
