@@ -68,7 +68,8 @@ class ObjectRef:
         return -(-self.size // block_size)
 
 
-Fetch = Callable[[ObjectRef, int, int], Awaitable[bytes]]
+# (object, start, length, block size) -> the bytes [start, start+length) in blocks of block size
+Fetch = Callable[[ObjectRef, int, int, int], Awaitable[list[bytes]]]
 
 
 class DiskBlocks:
@@ -446,21 +447,21 @@ class BlockCache:
     async def _fetch_run(self, obj: ObjectRef, first: int, last: int) -> dict[int, bytes]:
         start = first * self.block_size
         end = min(obj.size, (last + 1) * self.block_size)
-        data = await self._fetch(obj, start, end - start)
+        blocks = await self._fetch(obj, start, end - start, self.block_size)
+        if [len(b) for b in blocks] != [self._length(obj, i) for i in range(first, last + 1)]:
+            raise SourceError(f"s3://{obj.bucket}/{obj.key}: blocks {first}-{last} came back as "
+                              f"{len(blocks)} blocks of the wrong sizes; not used")
         if start == 0 and end == obj.size and obj.etag and _MD5.fullmatch(obj.etag):
             # hashlib lets go of the GIL on large buffers: off the FUSE loop, digests run in parallel.
-            digest = (await trio.to_thread.run_sync(hashlib.md5, data) if len(data) > 65536
-                      else hashlib.md5(data))
-            if digest.hexdigest() != obj.etag:
+            digest = (await trio.to_thread.run_sync(_md5, blocks) if obj.size > 65536
+                      else _md5(blocks))
+            if digest != obj.etag:
                 self.stats["content_mismatches"] += 1
                 raise SourceError(f"s3://{obj.bucket}/{obj.key}: the bytes received do not match "
                                   f"its ETag (MD5 {obj.etag}); not used, not cached")
         self.stats["fetches"] += 1
-        self.stats["bytes_fetched"] += len(data)
-        out = {
-            i: data[(i - first) * self.block_size:(i - first + 1) * self.block_size]
-            for i in range(first, last + 1)
-        }
+        self.stats["bytes_fetched"] += end - start
+        out = dict(zip(range(first, last + 1), blocks))
         if self.writer is not None:
             self.writer.submit(obj, out)
         return out
@@ -473,6 +474,13 @@ class BlockCache:
                 found[i] = data
         return found
 
+
+
+def _md5(blocks: list[bytes]) -> str:
+    digest = hashlib.md5()
+    for block in blocks:
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def _runs(indexes: list[int]) -> list[list[int]]:

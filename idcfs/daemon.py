@@ -185,7 +185,8 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
     disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
     threading.Thread(target=disk.scan, name="idcfs-cache-scan", daemon=True).start()
     cache = BlockCache(
-        lambda obj, start, length: bridge.run(source.get_range(obj.bucket, obj.key, start, length)),
+        lambda obj, start, length, block_size: bridge.run(
+            source.get_blocks(obj.bucket, obj.key, start, length, block_size)),
         disk, cfg.memory_cache_size,
     )
     sel = cfg.selection

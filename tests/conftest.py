@@ -69,6 +69,11 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def in_blocks(data: bytes, block_size: int) -> list[bytes]:
+    """data cut into blocks, as an object source answers the block cache."""
+    return [data[at:at + block_size] for at in range(0, len(data), block_size)]
+
+
 def daemon_pids(mountpoint: Path) -> list[int]:
     """The idcfs daemon serving mountpoint (a list: empty once it is gone)."""
     out = subprocess.run(["pgrep", "-f", f"idcfs mount {mountpoint} "], capture_output=True,

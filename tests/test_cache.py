@@ -11,8 +11,10 @@ import time
 import pytest
 import trio
 
+from conftest import in_blocks
 from idcfs import cache as cache_module
 from idcfs.cache import BlockCache, DiskBlocks, ObjectRef, clear
+from idcfs.source import SourceError
 
 BS = 1024
 
@@ -29,12 +31,12 @@ class CountingSource:
     def ref(self, key: str) -> ObjectRef:
         return ObjectRef("idc-open-data", key, len(self.data[key]))
 
-    async def __call__(self, obj: ObjectRef, start: int, length: int) -> bytes:
+    async def __call__(self, obj: ObjectRef, start: int, length: int, block_size: int) -> list[bytes]:
         if self.down:
             raise ConnectionError("endpoint down")
         self.gets.append((obj.key, start, length))
         await trio.sleep(0.01)
-        return self.data[obj.key][start:start + length]
+        return in_blocks(self.data[obj.key][start:start + length], block_size)
 
 
 @pytest.fixture
@@ -212,8 +214,6 @@ def test_concurrent_writers_keep_the_accounting_equal_to_the_disk(tmp_path):
 def test_a_whole_object_whose_bytes_do_not_match_its_etag_is_refused_and_not_cached(tmp_path):
     import hashlib
 
-    from idcfs.source import SourceError
-
     source = CountingSource({"slice": 300})
     good = source.data["slice"]
     obj = ObjectRef("idc-open-data", "slice", 300, hashlib.md5(good).hexdigest())
@@ -224,6 +224,16 @@ def test_a_whole_object_whose_bytes_do_not_match_its_etag_is_refused_and_not_cac
     assert not cache.disk.path(obj, 0).exists()
     source.data["slice"] = good
     assert trio.run(cache.read, obj, 0, 300) == good
+
+
+def test_blocks_of_the_wrong_sizes_from_a_source_are_refused(source, tmp_path):
+    async def one_block_short(obj, start, length, block_size):
+        return (await source(obj, start, length, block_size))[:-1]
+
+    cache = make(one_block_short, tmp_path)
+    with pytest.raises(SourceError, match="wrong sizes"):
+        trio.run(cache.read, source.ref("big"), 0, 3 * BS)
+    assert not cache.disk.path(source.ref("big"), 0).exists()
 
 
 class _NoDirectIO:

@@ -10,6 +10,7 @@ import pyfuse3
 import pytest
 import trio
 
+from conftest import in_blocks
 from idcfs.cache import BlockCache, ObjectRef
 from idcfs.fs import FAILED_READ_MEMORY, Operations
 from idcfs.listings import Listings
@@ -36,11 +37,11 @@ class FakeStore:
     async def list(self, ref: SeriesRef) -> list[tuple[str, int, str]]:
         return [(name, size, "") for name, size in SIZES.items()]
 
-    async def get(self, obj: ObjectRef, start: int, length: int) -> bytes:
+    async def get(self, obj: ObjectRef, start: int, length: int, block_size: int) -> list[bytes]:
         self.gets += 1
         if self.failing:
             raise SourceError(f"s3://{obj.bucket}/{obj.key}: endpoint down")
-        return content(start, length)
+        return in_blocks(content(start, length), block_size)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from conftest import in_blocks
 from idcfs.source import ObjectSource, SourceError
 
 
@@ -40,21 +41,22 @@ def test_listing_an_unknown_series_is_an_error_not_an_empty_folder(sample, s3_en
         run(s3_endpoint, "list_series", "idc-open-data", "no-such-uuid/")
 
 
-def test_ranged_reads_return_exact_bytes(sample, s3_endpoint):
+def test_ranged_reads_return_exact_bytes_in_blocks(sample, s3_endpoint):
     (bucket, key), data = next(iter(sample.objects.items()))
-    assert run(s3_endpoint, "get_range", bucket, key, 0, len(data)) == data
-    assert run(s3_endpoint, "get_range", bucket, key, 100, 1000) == data[100:1100]
+    assert run(s3_endpoint, "get_blocks", bucket, key, 0, len(data), len(data)) == [data]
+    assert run(s3_endpoint, "get_blocks", bucket, key, 0, len(data), 1000) == in_blocks(data, 1000)
+    assert run(s3_endpoint, "get_blocks", bucket, key, 100, 1000, 300) == in_blocks(data[100:1100], 300)
 
 
 def test_a_missing_object_is_an_error_naming_bucket_key_and_status(sample, s3_endpoint):
     with pytest.raises(SourceError, match=r"s3://idc-open-data/nope/x\.dcm .* HTTP 404"):
-        run(s3_endpoint, "get_range", "idc-open-data", "nope/x.dcm", 0, 10)
+        run(s3_endpoint, "get_blocks", "idc-open-data", "nope/x.dcm", 0, 10, 10)
 
 
 def test_a_range_past_the_end_is_an_error_not_a_short_read(sample, s3_endpoint):
     (bucket, key), data = next(iter(sample.objects.items()))
     with pytest.raises(SourceError):
-        run(s3_endpoint, "get_range", bucket, key, len(data) - 10, 20)
+        run(s3_endpoint, "get_blocks", bucket, key, len(data) - 10, 20, 20)
 
 
 def test_an_endpoint_that_is_down_is_an_error_naming_it():
@@ -105,8 +107,8 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("method,args", [("list_series", ("idc-open-data", "x/")),
-                                         ("get_range", ("idc-open-data", "x/1.dcm", 0, 66)),
-                                         ("get_range", ("idc-open-data", "x/1.dcm", 10, 20))])
+                                         ("get_blocks", ("idc-open-data", "x/1.dcm", 0, 66, 66)),
+                                         ("get_blocks", ("idc-open-data", "x/1.dcm", 10, 20, 20))])
 def test_an_endpoint_answering_with_a_web_page_is_an_error_saying_so(method, args):
     with serving(HtmlPage) as endpoint, pytest.raises(SourceError, match="HTML page"):
         run(endpoint, method, *args)
@@ -128,9 +130,15 @@ class IgnoresRange(http.server.BaseHTTPRequestHandler):
 
 def test_a_range_answered_with_the_whole_object_is_refused_unless_it_starts_at_0():
     with serving(IgnoresRange) as endpoint:
-        assert run(endpoint, "get_range", "idc-open-data", "x/1.dcm", 0, 100) == bytes(range(100))
+        assert run(endpoint, "get_blocks", "idc-open-data", "x/1.dcm", 0, 100, 64) == \
+            in_blocks(bytes(range(100)), 64)
         with pytest.raises(SourceError, match="without the range"):
-            run(endpoint, "get_range", "idc-open-data", "x/1.dcm", 10, 20)
+            run(endpoint, "get_blocks", "idc-open-data", "x/1.dcm", 10, 20, 20)
+
+
+def test_a_body_longer_than_the_range_asked_for_is_an_error():
+    with serving(IgnoresRange) as endpoint, pytest.raises(SourceError, match="100 bytes for a range of 50"):
+        run(endpoint, "get_blocks", "idc-open-data", "x/1.dcm", 0, 50, 64)
 
 
 def test_requests_are_unsigned_even_with_credentials_in_the_environment(monkeypatch, tmp_path):
