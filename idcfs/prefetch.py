@@ -94,6 +94,7 @@ class Reader:
                  in_flight_bytes: int = IN_FLIGHT_BYTES) -> None:
         self.cache = cache
         self.concurrency = concurrency
+        self.in_flight_bytes = in_flight_bytes
         self._in_flight = _InFlight(concurrency, max(1, in_flight_bytes // cache.block_size))
         self._series: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         self._send, self._receive = trio.open_memory_channel(math.inf)
@@ -188,6 +189,9 @@ class Reader:
                 continue
             try:
                 async with self._in_flight.take(len(claimed)):
+                    # Checked while holding a share of the in-flight bound, so that everything
+                    # in flight has room in the write queue when it lands.
+                    await self.cache.pace_to_disk(self.in_flight_bytes)
                     await self.cache.fill(obj, claimed)
                 self.cache.stats["prefetched_blocks"] += len(claimed)
             except SourceError as exc:

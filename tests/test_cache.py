@@ -226,6 +226,35 @@ def test_a_whole_object_whose_bytes_do_not_match_its_etag_is_refused_and_not_cac
     assert trio.run(cache.read, obj, 0, 300) == good
 
 
+def test_a_block_file_longer_than_its_block_is_damaged_not_read_short(tmp_path):
+    disk = DiskBlocks(tmp_path, 1 << 30)
+    obj = ObjectRef("idc-open-data", "k", 5000)
+    disk.put(obj, 0, os.urandom(5000))
+    with open(disk.path(obj, 0), "ab") as f:
+        f.write(b"x")
+    assert disk.get(obj, 0, 5000) is None
+    assert disk.corrupt == 1 and not disk.path(obj, 0).exists()
+
+
+def test_pacing_waits_until_the_disk_writes_catch_up(source, tmp_path, monkeypatch):
+    def slow_put(self, obj, index, data, put=DiskBlocks.put):
+        time.sleep(0.05)
+        put(self, obj, index, data)
+
+    monkeypatch.setattr(DiskBlocks, "put", slow_put)
+    disk = DiskBlocks(tmp_path, 1 << 30)
+    cache = BlockCache(source, disk, 1 << 20, block_size=BS)
+    cache.writer.limit = 6 * BS
+
+    async def main():
+        await cache.read(source.ref("big"), 0, 4 * BS)  # four blocks now wait for the disk
+        assert not cache.writer.has_room(3 * BS)
+        await cache.pace_to_disk(3 * BS)
+        assert cache.writer.has_room(3 * BS)
+
+    trio.run(main)
+
+
 def test_blocks_of_the_wrong_sizes_from_a_source_are_refused(source, tmp_path):
     async def one_block_short(obj, start, length, block_size):
         return (await source(obj, start, length, block_size))[:-1]
@@ -248,11 +277,22 @@ class _NoDirectIO:
         return fcntl.fcntl(fd, cmd, arg)
 
 
+def _open_without_o_direct(path, flags, *args, **kwargs):
+    """os.open as on a filesystem without O_DIRECT: opening with the flag fails with EINVAL."""
+    if flags & os.O_DIRECT:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    return _real_open(path, flags, *args, **kwargs)
+
+
+_real_open = os.open
+
+
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "no_o_direct"])
-def test_blocks_of_any_size_are_written_exactly_with_or_without_o_direct(tmp_path, monkeypatch,
-                                                                        direct):
+def test_blocks_of_any_size_are_written_and_read_exactly_with_or_without_o_direct(
+        tmp_path, monkeypatch, direct):
     if not direct:
         monkeypatch.setattr(cache_module, "fcntl", _NoDirectIO)
+        monkeypatch.setattr(os, "open", _open_without_o_direct)
     disk = DiskBlocks(tmp_path, 1 << 30)
     rng = random.Random(9)
     for i, size in enumerate([1, 4079, 4080, 4096, 4097, 65536 + 3, 1 << 20]):
