@@ -8,7 +8,11 @@ through a proxy adding a fixed latency per request (bench/latency_proxy.py).
 Data: a 292-file CT series of ~0.5 MB slices (real DICOM, re-tagged with a real nlst row) and a
 1 GiB slide-microscopy object, under their real index rows' crdc_series_uuids.
 
-    .venv/bin/python bench/peers.py [--latency 0,20] [--work DIR] [--json FILE]
+Cold runs of the series copy and of the 1 GiB read are repeated (each from a fresh mount, with
+the endpoint's files in its page cache) and the median is reported with the range: on 2 shared
+cores single runs vary by 20-50 %.
+
+    .venv/bin/python bench/peers.py [--latency 0,20] [--repeat 3] [--work DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,53 +210,96 @@ def dd(path: Path) -> float:
     return run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], stderr=subprocess.DEVNULL)
 
 
-def measure(latency: int, endpoint: str, work: Path, meta: dict, results: list) -> None:
+def warm_server(files: list[Path]) -> None:
+    """Have the endpoint's files in the page cache before a cold run, whichever tool ran last:
+    cold means the client starts from nothing, and every tool finds the server the same way."""
+    for path in files:
+        with open(path, "rb") as f:
+            while f.read(8 << 20):
+                pass
+
+
+def measure(latency: int, endpoint: str, work: Path, meta: dict, results: list, repeat: int) -> None:
     tmp = work / "tmp"
 
-    def record(workload: str, tool: str, seconds: float, nbytes: int = 0, rss: float = 0.0):
+    def record(workload: str, tool: str, seconds: float | list[float], nbytes: int = 0,
+               rss: float = 0.0):
+        runs = sorted(seconds) if isinstance(seconds, list) else [seconds]
+        median = statistics.median(runs)
         results.append({"latency_ms": latency, "workload": workload, "tool": tool,
-                        "seconds": round(seconds, 4), "MB/s": round(nbytes / seconds / 1e6, 1) if nbytes else None,
+                        "seconds": round(median, 4), "runs": [round(x, 4) for x in runs],
+                        "MB/s": round(nbytes / median / 1e6, 1) if nbytes else None,
                         "peak_rss_MB": round(rss, 1) or None})
-        say(f"{latency:>3} ms  {workload:<34} {tool:<11} {seconds:8.3f} s")
+        spread = f"  ({runs[0]:.3f}-{runs[-1]:.3f})" if len(runs) > 1 else ""
+        say(f"{latency:>3} ms  {workload:<34} {tool:<11} {median:8.3f} s{spread}")
 
     def fresh(name: str) -> Path:
         path = tmp / name
         shutil.rmtree(path, ignore_errors=True)
         return path
 
+    def cold(files: list[Path], once) -> tuple[list[float], float]:
+        """once(last) repeated from a fresh start: its times and the highest peak RSS it reported."""
+        times, peak = [], 0.0
+        for i in range(repeat):
+            warm_server(files)
+            seconds, rss = once(i == repeat - 1)
+            times.append(seconds)
+            peak = max(peak, rss)
+        return times, peak
+
     ct_bytes = meta["ct"]["bytes"]
+    ct_files = sorted((work / "s3" / BUCKET / meta["ct"]["uuid"]).iterdir())
+    big_file = [work / "s3" / BUCKET / meta["sm"]["key"]]
+
+    def mounted_cp(tool: str) -> tuple[float, float]:
+        with Mount(tool, endpoint, work, meta) as m:
+            return run(["cp", "-r", str(m.series()), str(fresh("copy"))]), m.rss()
+
+    def s5cmd(source: str, target: str) -> tuple[float, float]:
+        return run([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url", endpoint, "cp",
+                    f"s3://{BUCKET}/{source}", target]), 0.0
+
+    def ceiling(*args: str) -> tuple[float, float]:
+        return run([sys.executable, str(ROOT / "bench" / "ceiling.py"), args[0], endpoint, BUCKET,
+                    *args[1:]]), 0.0
+
     # Cold copy of a CT series.
     for tool in ("idcfs", "s3fs", "rclone"):
-        with Mount(tool, endpoint, work, meta) as m:
-            record("cold cp -r of a 292-file CT series", tool,
-                   run(["cp", "-r", str(m.series()), str(fresh("copy"))]), ct_bytes, m.rss())
-    record("cold cp -r of a 292-file CT series", "s5cmd",
-           run([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url", endpoint, "cp",
-                f"s3://{BUCKET}/{meta['ct']['uuid']}/*", f"{fresh('copy')}/"]), ct_bytes)
-    record("cold cp -r of a 292-file CT series", "aiobotocore",
-           run([sys.executable, str(ROOT / "bench" / "ceiling.py"), "series", endpoint, BUCKET,
-                f"{meta['ct']['uuid']}/", str(fresh("copy"))]), ct_bytes)
+        times, peak = cold(ct_files, lambda last, tool=tool: mounted_cp(tool))
+        record("cold cp -r of a 292-file CT series", tool, times, ct_bytes, peak)
+    series = meta["ct"]["uuid"]
+    times, _ = cold(ct_files, lambda last: s5cmd(f"{series}/*", f"{fresh('copy')}/"))
+    record("cold cp -r of a 292-file CT series", "s5cmd", times, ct_bytes)
+    times, _ = cold(ct_files, lambda last: ceiling("series", f"{series}/", str(fresh("copy"))))
+    record("cold cp -r of a 292-file CT series", "aiobotocore", times, ct_bytes)
 
-    # Cold sequential read of 1 GiB, then warm re-reads through idcfs.
-    for tool in ("idcfs", "s3fs", "rclone"):
+    # Cold sequential read of 1 GiB; after the last idcfs run, warm re-reads through its mount.
+    def warm(m: Mount) -> None:
+        record("warm re-read of 1 GiB (page cache)", "idcfs", dd(m.big()), BIG_SIZE, m.rss())
+        drop_caches()
+        record("warm re-read of 1 GiB (disk cache)", "idcfs", dd(m.big()), BIG_SIZE, m.rss())
+        run(["cp", "-r", str(m.series()), str(fresh("copy"))])
+        drop_caches()
+        record("warm cp -r of the series (disk cache)", "idcfs",
+               run(["cp", "-r", str(m.series()), str(fresh("copy"))]), ct_bytes, m.rss())
+
+    def mounted_dd(tool: str, last: bool) -> tuple[float, float]:
         with Mount(tool, endpoint, work, meta) as m:
-            record("cold sequential read of 1 GiB", tool, dd(m.big()), BIG_SIZE, m.rss())
-            if tool == "idcfs":
-                record("warm re-read of 1 GiB (page cache)", tool, dd(m.big()), BIG_SIZE, m.rss())
-                drop_caches()
-                record("warm re-read of 1 GiB (disk cache)", tool, dd(m.big()), BIG_SIZE, m.rss())
-                run(["cp", "-r", str(m.series()), str(fresh("copy"))])
-                drop_caches()
-                record("warm cp -r of the series (disk cache)", tool,
-                       run(["cp", "-r", str(m.series()), str(fresh("copy"))]), ct_bytes, m.rss())
-    record("cold sequential read of 1 GiB", "s5cmd",
-           run([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url", endpoint, "cp",
-                f"s3://{BUCKET}/{meta['sm']['key']}", str(fresh("big.dcm"))]), BIG_SIZE)
+            seconds = dd(m.big())
+            if tool == "idcfs" and last:
+                warm(m)
+            return seconds, m.rss()
+
+    for tool in ("idcfs", "s3fs", "rclone"):
+        times, peak = cold(big_file, lambda last, tool=tool: mounted_dd(tool, last))
+        record("cold sequential read of 1 GiB", tool, times, BIG_SIZE, peak)
+    times, _ = cold(big_file, lambda last: s5cmd(meta["sm"]["key"], str(fresh("big.dcm"))))
+    record("cold sequential read of 1 GiB", "s5cmd", times, BIG_SIZE)
     drop_caches()
     record("re-read of 1 GiB from local disk (reference)", "local disk", dd(tmp / "big.dcm"), BIG_SIZE)
-    record("cold sequential read of 1 GiB", "aiobotocore",
-           run([sys.executable, str(ROOT / "bench" / "ceiling.py"), "object", endpoint, BUCKET,
-                meta["sm"]["key"]]), BIG_SIZE)
+    times, _ = cold(big_file, lambda last: ceiling("object", meta["sm"]["key"]))
+    record("cold sequential read of 1 GiB", "aiobotocore", times, BIG_SIZE)
 
     # Random 64 KiB reads, pydicom header scan, recursive listing: fresh mounts, cold.
     for tool in ("idcfs", "s3fs", "rclone"):
@@ -272,13 +320,14 @@ def table(results: list) -> str:
     lines = []
     for latency in sorted({r["latency_ms"] for r in results}):
         lines.append(f"\n### {latency} ms per request\n")
-        lines.append("| workload | tool | seconds | MB/s | peak RSS MB | tool's time / idcfs's |")
-        lines.append("| --- | --- | ---: | ---: | ---: | ---: |")
+        lines.append("| workload | tool | seconds | runs | MB/s | peak RSS MB | tool's time / idcfs's |")
+        lines.append("| --- | --- | ---: | --- | ---: | ---: | ---: |")
         rows = [r for r in results if r["latency_ms"] == latency]
         for r in rows:
             mine = next((x for x in rows if x["workload"] == r["workload"] and x["tool"] == "idcfs"), None)
             ratio = f"{r['seconds'] / mine['seconds']:.2f}×" if mine and r is not mine else ""
-            lines.append(f"| {r['workload']} | {r['tool']} | {r['seconds']:.3f} | "
+            runs = "-".join(f"{x:.3f}" for x in (r["runs"][0], r["runs"][-1])) if len(r["runs"]) > 1 else ""
+            lines.append(f"| {r['workload']} | {r['tool']} | {r['seconds']:.3f} | {runs} | "
                          f"{r['MB/s'] or ''} | {r['peak_rss_MB'] or ''} | {ratio} |")
     return "\n".join(lines)
 
@@ -288,6 +337,9 @@ def main() -> int:
     parser.add_argument("--latency", default="0,20", help="ms per request, comma-separated")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "idcfs-bench")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="cold runs of the series copy and the 1 GiB read per tool; the "
+                             "median is reported (default: 3)")
     args = parser.parse_args()
     missing = [t for t in ("s3fs", "rclone", "fusermount3") if shutil.which(t) is None]
     if missing:
@@ -313,7 +365,7 @@ def main() -> int:
                 time.sleep(0.5)
                 endpoint = f"http://127.0.0.1:{proxy_port}"
             try:
-                measure(latency, endpoint, args.work, meta, results)
+                measure(latency, endpoint, args.work, meta, results, args.repeat)
             finally:
                 if proxy:
                     proxy.terminate()
