@@ -14,6 +14,7 @@ format, so a new idc-index-data release builds a new tree and an old one is neve
 from __future__ import annotations
 
 import calendar
+import concurrent.futures
 import fcntl
 import hashlib
 import json
@@ -163,32 +164,40 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
     new = np.logical_or.accumulate([_differs(c) for c in names], axis=0) if names else []
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest.parent))
     try:
-        for d, column in enumerate(names, 1):
-            s = np.flatnonzero(new[d - 1]).astype(np.int64)
-            _write(tmp / f"level_{d}.arrow",
-                   pa.table({"name": column.take(pa.array(s)), "start": pa.array(s)}))
-        rows = {"crdc_series_uuid": table.column("crdc_series_uuid"),
-                "bucket": pc.dictionary_encode(table.column("bucket"))}
-        # Dictionary-encoded where values repeat (a million unique UIDs would only cost time).
-        rows.update({c: table.column(c) if c == "SeriesInstanceUID"
-                     else pc.dictionary_encode(table.column(c)) for c in row_columns + TEXT_COLUMNS})
-        _write(tmp / "rows.arrow", pa.table(rows))
-        meta = {
-            "format": FORMAT_VERSION,
-            "index": str(parquet),
-            "rows": table.num_rows,
-            "files": int(pc.sum(table.column("instance_count")).as_py() or 0),
-            "bytes": int((pc.sum(table.column("size_mb")).as_py() or 0) * 1_000_000),
-            "timestamp_ns": _release_timestamp_ns(parquet, sel.idc_version),
-            "idc_version": sel.idc_version,
-            "source": sel.source,
-            "selection": sel.key(),
-            "layout": layout.resolve(sel.layout),
-            "level_columns": layout.columns_of(levels),
-            "columns_from_levels": from_levels,
-            "citations": _citations(table),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        # Each file is written in a thread while the next is computed (Arrow lets go of the
+        # GIL): writing ~150 MB of tree files was a quarter of a first mount.
+        with concurrent.futures.ThreadPoolExecutor(4) as writers:
+            written = []
+            for d, column in enumerate(names, 1):
+                s = np.flatnonzero(new[d - 1]).astype(np.int64)
+                written.append(writers.submit(
+                    _write, tmp / f"level_{d}.arrow",
+                    pa.table({"name": column.take(pa.array(s)), "start": pa.array(s)})))
+            rows = {"crdc_series_uuid": table.column("crdc_series_uuid"),
+                    "bucket": pc.dictionary_encode(table.column("bucket"))}
+            # Dictionary-encoded where values repeat (a million unique UIDs would only cost time).
+            rows.update({c: table.column(c) if c == "SeriesInstanceUID"
+                         else pc.dictionary_encode(table.column(c))
+                         for c in row_columns + TEXT_COLUMNS})
+            written.append(writers.submit(_write, tmp / "rows.arrow", pa.table(rows)))
+            meta = {
+                "format": FORMAT_VERSION,
+                "index": str(parquet),
+                "rows": table.num_rows,
+                "files": int(pc.sum(table.column("instance_count")).as_py() or 0),
+                "bytes": int((pc.sum(table.column("size_mb")).as_py() or 0) * 1_000_000),
+                "timestamp_ns": _release_timestamp_ns(parquet, sel.idc_version),
+                "idc_version": sel.idc_version,
+                "source": sel.source,
+                "selection": sel.key(),
+                "layout": layout.resolve(sel.layout),
+                "level_columns": layout.columns_of(levels),
+                "columns_from_levels": from_levels,
+                "citations": _citations(table),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta))
+        for future in written:
+            future.result()
         os.rename(tmp, dest)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
