@@ -226,6 +226,25 @@ def test_a_whole_object_whose_bytes_do_not_match_its_etag_is_refused_and_not_cac
     assert trio.run(cache.read, obj, 0, 300) == good
 
 
+def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_reads_falls_back(tmp_path,
+                                                                              monkeypatch):
+    real_readv = os.readv
+
+    def readv(fd, buffers):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_readv(fd, buffers)
+
+    disk = DiskBlocks(tmp_path, 1 << 30)
+    obj = ObjectRef("idc-open-data", "k", 70000)
+    data = os.urandom(70000)
+    disk.put(obj, 0, data)
+    monkeypatch.setattr(os, "readv", readv)
+    assert disk.get(obj, 0, 70000) == data
+    assert disk.get(obj, 0, 70000) == data  # and from then on without O_DIRECT
+    assert disk.corrupt == 0
+
+
 def test_a_block_file_longer_than_its_block_is_damaged_not_read_short(tmp_path):
     disk = DiskBlocks(tmp_path, 1 << 30)
     obj = ObjectRef("idc-open-data", "k", 5000)
