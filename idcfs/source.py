@@ -120,7 +120,7 @@ class ObjectSource:
                 )
                 async with resp["Body"] as body:
                     blocks = await _read_blocks(body, length, block_size)
-                    extra = len(await body.read())
+                    longer = bool(await body.read(1))  # and not the rest of what may be a lot
             except (ClientError, BotoCoreError) as exc:
                 raise self._error("reading", bucket, key, exc) from exc
             except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError, TimeoutError) as exc:
@@ -135,11 +135,12 @@ class ObjectSource:
                     and not answered.startswith(f"bytes {start}-{start + length - 1}/")):
                 raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: "
                                   f"{_not_s3(resp)}")
-            received = sum(map(len, blocks)) + extra
-            if received == length:
+            received = sum(map(len, blocks))
+            if received == length and not longer:
                 return blocks
             failure = SourceError(f"reading s3://{bucket}/{key} at {self.where} returned "
-                                  f"{received} bytes for a range of {length}")
+                                  f"{'more than ' if longer else ''}{received} bytes for a "
+                                  f"range of {length}")
         raise failure
 
 
