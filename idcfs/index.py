@@ -349,3 +349,7 @@ if __name__ == "__main__":
     except BadIndex as exc:  # the mount reports the last line of this child's stderr
         print(exc, file=sys.stderr)
         sys.exit(1)
+    # The tree is on disk (renamed into place). Tearing down the interpreter would only free
+    # duckdb's and Arrow's memory, ~0.1 s that the waiting mount would spend doing nothing.
+    sys.stderr.flush()
+    os._exit(0)
