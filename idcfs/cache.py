@@ -53,6 +53,10 @@ _WARN_EVERY = 60.0
 _SPACE_CHECK_EVERY = 32
 _RESERVE = 1 << 30
 _DIRECT_ALIGN = 4096
+# Background fetches wait at most this long for the disk cache's writes to catch up; after a
+# stall, they do not wait at all for a while.
+PACING_LIMIT = 2.0
+PACING_PAUSE = 30.0
 # A block read is recorded on disk (its mtime) at most this often, not on every read.
 _TOUCH_EVERY = 3600.0
 
@@ -418,6 +422,7 @@ class BlockCache:
         self._memory: cachetools.LRUCache = cachetools.LRUCache(maxsize=memory_bytes, getsizeof=len)
         self._pending: dict[tuple[str, str, int], trio.Event] = {}
         self._pacing = trio.CapacityLimiter(1)
+        self._pacing_paused_until = float("-inf")
         self.stats = collections.Counter()
 
     def _length(self, obj: ObjectRef, index: int) -> int:
@@ -465,17 +470,25 @@ class BlockCache:
 
         Without this, readahead outran the writes whenever the cores were busy: a cold read of
         a 1 GiB object left 424 of its 1024 blocks unwritten, fetched again on the next read.
-        Only background fetches wait; a reader's own fetch never does. One task waits in a
-        thread; the others wait for it."""
-        if self.writer is None:
+        Only background fetches wait, and for PACING_LIMIT at most: a disk that stalls (a hung
+        network filesystem) must not hold up the readers waiting for those fetches. After a
+        stall, nothing waits for PACING_PAUSE, and blocks the disk cannot take go unwritten.
+        One task waits in a thread; the others wait for it."""
+        if self.writer is None or trio.current_time() < self._pacing_paused_until:
             return
         incoming = min(in_flight, self.writer.limit // 2)
         if self.writer.has_room(incoming):
             return
-        async with self._pacing:
-            while not self.writer.has_room(incoming):
-                await trio.to_thread.run_sync(self.writer.wait_for_room, incoming, 0.5,
-                                              abandon_on_cancel=True)
+        with trio.move_on_after(PACING_LIMIT) as waited:
+            async with self._pacing:
+                while not self.writer.has_room(incoming):
+                    await trio.to_thread.run_sync(self.writer.wait_for_room, incoming, 0.5,
+                                                  abandon_on_cancel=True)
+        if waited.cancelled_caught:
+            self.stats["disk_cache_stalls"] += 1
+            self._pacing_paused_until = trio.current_time() + PACING_PAUSE
+            log.warning("the disk cache has not taken any writes for %.0f s; reading on without "
+                        "waiting for it for %.0f s", PACING_LIMIT, PACING_PAUSE)
 
     def claim(self, obj: ObjectRef, first: int, last: int) -> list[int]:
         """Mark the blocks of first..last that nobody has or is getting as being got, now.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import trio
 
+from idcfs import cache as cache_module
 from idcfs import prefetch
 from idcfs.cache import BlockCache, DiskBlocks, ObjectRef
 from idcfs.prefetch import Reader, Stream
@@ -96,6 +98,42 @@ def test_readahead_waits_for_a_slow_disk_so_every_block_is_cached(tmp_path, monk
     assert data == source.data["wsi"]
     assert cache.writer.skipped == 0
     assert all(disk.path(source.ref("wsi"), i).exists() for i in range(64))
+
+
+def test_a_stalled_cache_disk_does_not_hold_up_reads(tmp_path, monkeypatch):
+    """Pacing gives up after PACING_LIMIT, once, and then stops waiting for a while: the reads
+    go on, and the blocks the disk could not take are counted as not written."""
+    monkeypatch.setattr(cache_module, "PACING_LIMIT", 0.2)
+    stalled = threading.Event()
+
+    def stalled_put(self, obj, index, data):
+        stalled.wait(30)
+
+    monkeypatch.setattr(DiskBlocks, "put", stalled_put)
+    source = CountingSource({"wsi": 64 * BS})
+    disk = DiskBlocks(tmp_path, 1 << 30)
+    disk.scan()
+
+    async def main():
+        cache = BlockCache(source, disk, 1 << 22, block_size=BS)
+        cache.writer.limit = 8 * BS
+        reader = Reader(cache, concurrency=8, in_flight_bytes=4 * BS)
+        async with trio.open_nursery() as nursery:
+            reader.start(nursery)
+            stream = Stream(source.ref("wsi"))
+            with trio.fail_after(10):
+                data = b"".join([await reader.read(stream, off, BS)
+                                 for off in range(0, 64 * BS, BS)])
+            nursery.cancel_scope.cancel()
+        return cache, data
+
+    try:
+        cache, data = trio.run(main)
+    finally:
+        stalled.set()
+    assert data == source.data["wsi"]
+    assert cache.writer.skipped > 0
+    assert cache.stats["disk_cache_stalls"] == 1
 
 
 def test_random_reads_fetch_only_their_blocks():
