@@ -70,47 +70,9 @@ def test_sequential_reads_of_a_large_object_read_ahead_in_parallel_chunks():
     assert all(a[1] <= b[0] for a, b in zip(covered, covered[1:])), "a block was fetched twice"
 
 
-def test_readahead_waits_for_a_slow_disk_so_every_block_is_cached(tmp_path, monkeypatch):
-    """Readahead that outran the disk cache's writes used to leave blocks unwritten (a cold
-    1 GiB read left 424 of its 1024 blocks to be fetched again)."""
-    def slow_put(self, obj, index, data, put=DiskBlocks.put):
-        time.sleep(0.01)
-        put(self, obj, index, data)
-
-    monkeypatch.setattr(DiskBlocks, "put", slow_put)
-    source = CountingSource({"wsi": 64 * BS})
-    disk = DiskBlocks(tmp_path, 1 << 30)
-    disk.scan()
-
-    async def main():
-        cache = BlockCache(source, disk, 1 << 22, block_size=BS)
-        cache.writer.limit = 8 * BS
-        reader = Reader(cache, concurrency=8, in_flight_bytes=4 * BS)
-        async with trio.open_nursery() as nursery:
-            reader.start(nursery)
-            stream = Stream(source.ref("wsi"))
-            data = b"".join([await reader.read(stream, off, BS) for off in range(0, 64 * BS, BS)])
-            nursery.cancel_scope.cancel()
-        await trio.to_thread.run_sync(cache.writer.drain)
-        return cache, data
-
-    cache, data = trio.run(main)
-    assert data == source.data["wsi"]
-    assert cache.writer.skipped == 0
-    assert all(disk.path(source.ref("wsi"), i).exists() for i in range(64))
-
-
-def test_a_stalled_cache_disk_does_not_hold_up_reads(tmp_path, monkeypatch):
-    """Pacing gives up after PACING_LIMIT, once, and then stops waiting for a while: the reads
-    go on, and the blocks the disk could not take are counted as not written."""
-    monkeypatch.setattr(cache_module, "PACING_LIMIT", 0.2)
-    stalled = threading.Event()
-
-    def stalled_put(self, obj, index, data):
-        stalled.wait(30)
-
-    monkeypatch.setattr(DiskBlocks, "put", stalled_put)
-    source = CountingSource({"wsi": 64 * BS})
+def read_sequentially_with_disk(tmp_path, source, drain: bool):
+    """Read all of source's "wsi" in 1-block reads through a cache with a small write queue
+    (8 blocks; 4 in flight): the cache, the bytes read and the disk."""
     disk = DiskBlocks(tmp_path, 1 << 30)
     disk.scan()
 
@@ -125,10 +87,37 @@ def test_a_stalled_cache_disk_does_not_hold_up_reads(tmp_path, monkeypatch):
                 data = b"".join([await reader.read(stream, off, BS)
                                  for off in range(0, 64 * BS, BS)])
             nursery.cancel_scope.cancel()
+        if drain:
+            await trio.to_thread.run_sync(cache.writer.drain)
         return cache, data
 
+    return (*trio.run(main), disk)
+
+
+def test_readahead_waits_for_a_slow_disk_so_every_block_is_cached(tmp_path, monkeypatch):
+    """Readahead that outran the disk cache's writes used to leave blocks unwritten (a cold
+    1 GiB read left 424 of its 1024 blocks to be fetched again)."""
+    def slow_put(self, obj, index, data, put=DiskBlocks.put):
+        time.sleep(0.01)
+        put(self, obj, index, data)
+
+    monkeypatch.setattr(DiskBlocks, "put", slow_put)
+    source = CountingSource({"wsi": 64 * BS})
+    cache, data, disk = read_sequentially_with_disk(tmp_path, source, drain=True)
+    assert data == source.data["wsi"]
+    assert cache.writer.skipped == 0
+    assert all(disk.path(source.ref("wsi"), i).exists() for i in range(64))
+
+
+def test_a_stalled_cache_disk_does_not_hold_up_reads(tmp_path, monkeypatch):
+    """Pacing gives up after PACING_LIMIT, once, and then stops waiting for a while: the reads
+    go on, and the blocks the disk could not take are counted as not written."""
+    monkeypatch.setattr(cache_module, "PACING_LIMIT", 0.2)
+    stalled = threading.Event()
+    monkeypatch.setattr(DiskBlocks, "put", lambda self, obj, index, data: stalled.wait(30))
+    source = CountingSource({"wsi": 64 * BS})
     try:
-        cache, data = trio.run(main)
+        cache, data, _ = read_sequentially_with_disk(tmp_path, source, drain=False)
     finally:
         stalled.set()
     assert data == source.data["wsi"]
