@@ -186,14 +186,15 @@ class DiskBlocks:
         this VM ~1 s of system time per GiB, for pages the kernel already keeps for the mount)."""
         want = length + _TRAILER.size
         # One byte more than a good block has (rounded up to the alignment), to see a longer file.
-        view = memoryview(self._aligned(_aligned_size(want + 1)))[:_aligned_size(want + 1)]
+        room = _aligned_size(want + 1)
+        view = memoryview(self._aligned(room))[:room]
         try:
             got = os.readv(fd, [view])
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             self._direct = False
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            _set_direct(fd, False)
             got = os.preadv(fd, [view], 0)
         if got != want:
             return None
@@ -274,7 +275,7 @@ class DiskBlocks:
         anyway. False where the filesystem has no O_DIRECT (some network filesystems, tmpfs
         before Linux 6.6): the caller writes it buffered."""
         try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+            _set_direct(fd, True)
         except OSError:
             self._direct = False
             return False
@@ -290,7 +291,7 @@ class DiskBlocks:
             if exc.errno != errno.EINVAL:
                 raise
             self._direct = False
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            _set_direct(fd, False)
             os.lseek(fd, 0, os.SEEK_SET)
             return False
         if written != padded:
@@ -341,6 +342,11 @@ class DiskBlocks:
     def count(self) -> int:
         with self._lock:
             return len(self._lru)
+
+
+def _set_direct(fd: int, on: bool) -> None:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
 
 
 def _aligned_size(size: int) -> int:

@@ -159,8 +159,9 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
     con.close()
     # A run of a level starts where its name or the name of any level above it changes.
     names = [table.column(f"level_{d}") for d in range(1, len(levels) + 1)]
-    for d, column in enumerate(names, 1):
-        _check_name_length(column, layout.resolve(sel.layout).strip("/").split("/")[d - 1])
+    resolved = layout.resolve(sel.layout)
+    for column, level in zip(names, resolved.strip("/").split("/")):
+        _check_name_length(column, level)
     new = np.logical_or.accumulate([_differs(c) for c in names], axis=0) if names else []
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=dest.parent))
     try:
@@ -190,7 +191,7 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
                 "idc_version": sel.idc_version,
                 "source": sel.source,
                 "selection": sel.key(),
-                "layout": layout.resolve(sel.layout),
+                "layout": resolved,
                 "level_columns": layout.columns_of(levels),
                 "columns_from_levels": from_levels,
                 "citations": _citations(table),
