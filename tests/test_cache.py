@@ -122,6 +122,28 @@ def test_a_truncated_block_on_disk_is_fetched_again(source, tmp_path):
     assert fresh.disk.corrupt == 1
 
 
+def test_blocks_of_the_older_two_level_layout_are_moved_and_served(source, tmp_path):
+    trio.run(make(source, tmp_path).read, source.ref("big"), 0, 20 * BS)
+    for path in list((tmp_path / "blocks").glob("*/*")):
+        older = path.parent / path.name[2:4] / path.name
+        older.parent.mkdir(exist_ok=True)
+        path.rename(older)
+    source.down = True
+    again = make(source, tmp_path)
+    assert trio.run(again.read, source.ref("big"), 0, 20 * BS) == source.data["big"]
+    assert again.stats["disk_hits"] == 11 and again.disk.count == 11
+    assert not list((tmp_path / "blocks").glob("*/*/"))
+
+
+def test_writing_blocks_makes_no_directories(source, tmp_path, monkeypatch):
+    cache = make(source, tmp_path)
+    made = []
+    monkeypatch.setattr(os, "mkdir", lambda *args, **kwargs: made.append(args))
+    trio.run(cache.read, source.ref("big"), 0, 20 * BS)
+    trio.run(cache.read, source.ref("small"), 0, 300)
+    assert made == [] and cache.disk.count == 12
+
+
 def test_leftover_temporary_files_of_a_killed_daemon_are_removed(source, tmp_path):
     cache = make(source, tmp_path)
     trio.run(cache.read, source.ref("big"), 0, BS)
