@@ -9,6 +9,7 @@ SIGTERM, SIGINT and SIGHUP end the FUSE loop and unmount; an unmount from outsid
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -207,6 +208,10 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
     ops = Operations(tree, listings, Reader(cache, concurrency=max(4, cfg.max_connections // 2)),
                      About(tree.files.meta, options, stats), owner=(cfg.uid, cfg.gid),
                      umask=cfg.umask, budget=cfg.request_timeout)
+    # Everything made so far (botocore's service models, the libraries) lives as long as the
+    # mount: out of the collector's sight, its full collections stop walking those objects again
+    # and again while requests allocate (~4 % of the CPU of fetching a series, perf).
+    gc.freeze()
     try:
         trio.run(_serve, cfg, ops, ready_fd, started)
     except MountFailed as exc:
