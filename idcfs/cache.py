@@ -24,13 +24,14 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import logging
 import mmap
 import os
 import re
+import secrets
 import shutil
 import struct
-import tempfile
 import threading
 import time
 import zlib
@@ -93,6 +94,9 @@ class DiskBlocks:
         self._puts = 0
         self._direct = True
         self._buffers = threading.local()  # one page-aligned buffer per thread
+        # Temporary names unique to this daemon, even beside one in another PID namespace.
+        self._tmp_prefix = f"{os.getpid()}-{secrets.token_hex(4)}-"
+        self._tmp_numbers = itertools.count()
         self._started = time.time() - 1
         self.corrupt = 0
         self.write_errors = 0
@@ -162,7 +166,7 @@ class DiskBlocks:
     def get(self, obj: ObjectRef, index: int, length: int) -> bytes | None:
         path = self.path(obj, index)
         try:
-            fd = self._open_for_reading(path)
+            fd = self._open(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -188,15 +192,17 @@ class DiskBlocks:
                 self._lru.move_to_end(str(path))
         return data
 
-    def _open_for_reading(self, path: Path) -> int:
+    def _open(self, path: Path, flags: int) -> int:
+        """Open with O_DIRECT where the filesystem has it (the flag is refused with EINVAL where
+        not, some network filesystems and tmpfs before Linux 6.6), without it from then on."""
         if self._direct:
             try:
-                return os.open(path, os.O_RDONLY | os.O_DIRECT)
+                return os.open(path, flags | os.O_DIRECT, 0o600)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._direct = False
-        return os.open(path, os.O_RDONLY)
+        return os.open(path, flags, 0o600)
 
     def _read_verified(self, fd: int, length: int) -> bytes | None:
         """The block's bytes if the file holds exactly them and a matching trailer, else None.
@@ -264,11 +270,14 @@ class DiskBlocks:
             self._lru[str(path)] = size
 
     def _write(self, path: Path, data: bytes) -> None:
+        # Opened with O_DIRECT at once: each system call releases and retakes the GIL, which
+        # the FUSE loop and the S3 client are waiting for (mkstemp and two fcntl calls before).
+        tmp = path.parent / f".tmp-{self._tmp_prefix}{next(self._tmp_numbers)}"
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd = self._create(tmp)
         except FileNotFoundError:  # not made yet by the scan, or `idcfs cache clear` removed it
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd = self._create(tmp)
         open_fd: int | None = fd
         try:
             trailer = _TRAILER.pack(len(data), zlib.crc32(data), _MAGIC)
@@ -285,17 +294,23 @@ class DiskBlocks:
             _unlink(tmp)
             raise
 
+    def _create(self, tmp: Path) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        direct = self._direct
+        try:
+            return self._open(tmp, flags)
+        except FileExistsError:
+            if not direct or self._direct:
+                raise
+            # O_DIRECT was refused just now, after the kernel had made the file: ours, and empty.
+            return os.open(tmp, flags & ~(os.O_CREAT | os.O_EXCL))
+
     def _write_direct(self, fd: int, data: bytes, trailer: bytes) -> bool:
         """Write the block and its trailer with O_DIRECT, past the page cache: on these machines
         copying a block into the page cache costs more CPU than fetching it (1 GiB: 1.5-2.9 s of
         system time buffered, 0.35 s direct), and a block just fetched is in the memory cache
-        anyway. False where the filesystem has no O_DIRECT (some network filesystems, tmpfs
-        before Linux 6.6): the caller writes it buffered."""
-        try:
-            _set_direct(fd, True)
-        except OSError:
-            self._direct = False
-            return False
+        anyway. False where the filesystem opens with O_DIRECT but refuses the write: the
+        caller writes it buffered."""
         size = len(data) + len(trailer)
         padded = _aligned_size(size)
         buf = self._aligned(padded)
