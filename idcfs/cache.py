@@ -5,7 +5,8 @@ stale: blocks are keyed by bucket, object key and block number, never by path or
 mounts of any versions share them.
 
 On disk every block is a file written to a temporary name and renamed into place, with a trailer
-holding its length and CRC32: a block is complete and correct or absent, after `kill -9` too, and
+holding its length and CRC-32 (computed by zlib-ng: ~58 GB/s here against the system zlib's
+6 GB/s, which was a tenth of the daemon's CPU in a cold 1 GiB read): a block is complete and correct or absent, after `kill -9` too, and
 one damaged by the disk or a power cut (renames are not fsynced) is detected on read, deleted and
 fetched again, never served. Blocks are written past the page cache (O_DIRECT) where the filesystem
 allows: copying into the page cache costs more CPU than the fetch. The disk layer's size is
@@ -34,13 +35,13 @@ import shutil
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import cachetools
 import trio
+from zlib_ng import zlib_ng
 
 from .source import SourceError
 
@@ -225,7 +226,7 @@ class DiskBlocks:
         if got != want:
             return None
         size, crc, magic = _TRAILER.unpack_from(view, length)
-        if magic != _MAGIC or size != length or zlib.crc32(view[:length]) != crc:
+        if magic != _MAGIC or size != length or zlib_ng.crc32(view[:length]) != crc:
             return None
         return view[:length].tobytes()
 
@@ -280,7 +281,7 @@ class DiskBlocks:
             fd = self._create(tmp)
         open_fd: int | None = fd
         try:
-            trailer = _TRAILER.pack(len(data), zlib.crc32(data), _MAGIC)
+            trailer = _TRAILER.pack(len(data), zlib_ng.crc32(data), _MAGIC)
             if not (self._direct and self._write_direct(fd, data, trailer)):
                 with os.fdopen(fd, "wb", closefd=False) as out:
                     out.write(data)
