@@ -5,38 +5,40 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .cache import clear
+from .cache import blocks_in_file, clear
 from .config import default_cache_dir
 from .mounts import idcfs_mounts
 
 CHUNK = 1 << 20
 
 
-def _du(path: Path) -> tuple[int, int]:
-    """(files, bytes) below path, skipping unfinished temporary files."""
-    files = size = 0
+def _du(path: Path, count: Callable[[str], int] = lambda name: 1) -> tuple[int, int]:
+    """(things, bytes) below path, counting count(name) things per file, skipping unfinished
+    temporary files."""
+    things = size = 0
     for dirpath, _, names in os.walk(path):
         for name in names:
             if name.startswith(".tmp-"):
                 continue
             try:
                 size += os.stat(os.path.join(dirpath, name)).st_size
-                files += 1
+                things += count(name)
             except FileNotFoundError:
                 pass
-    return files, size
+    return things, size
 
 
 def stats(cache_dir: Path) -> int:
     if not cache_dir.is_dir():
         print(f"idcfs: no cache at {cache_dir}", file=sys.stderr)
         return 1
-    blocks, block_bytes = _du(cache_dir / "blocks")
+    blocks, block_bytes = _du(cache_dir / "blocks", blocks_in_file)
     listings, listing_bytes = _du(cache_dir / "listings")
     trees = [p for p in (cache_dir / "index").glob("*") if p.is_dir()] if (cache_dir / "index").is_dir() else []
     tree_bytes = sum(_du(p)[1] for p in trees)

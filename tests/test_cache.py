@@ -53,7 +53,7 @@ class DrainingCache(BlockCache):
 
 
 def make(source, tmp_path, limit=1 << 30, memory=1 << 20) -> BlockCache:
-    disk = DiskBlocks(tmp_path, limit)
+    disk = DiskBlocks(tmp_path, limit, block_size=BS)
     disk.scan()
     return DrainingCache(source, disk, memory, block_size=BS)
 
@@ -95,6 +95,37 @@ def test_blocks_survive_a_new_cache_and_serve_with_the_source_down(source, tmp_p
     again = make(source, tmp_path)
     assert trio.run(again.read, source.ref("big"), 0, 20 * BS) == source.data["big"]
     assert again.stats["disk_hits"] == 11
+
+
+def test_blocks_fetched_together_share_files_of_at_most_eight(source, tmp_path):
+    cache = make(source, tmp_path)
+    trio.run(cache.read, source.ref("big"), 0, 20 * BS)
+    files = sorted(p.name.split(".")[1] for p in (tmp_path / "blocks").glob("*/*"))
+    assert files == ["0+8", "8+3"]
+    assert cache.disk.used == sum(p.stat().st_size for p in (tmp_path / "blocks").glob("*/*"))
+
+
+@pytest.mark.parametrize("scanned", [True, False], ids=["after_the_scan", "before_the_scan"])
+def test_each_block_of_a_shared_file_reads_back_alone(source, tmp_path, scanned):
+    trio.run(make(source, tmp_path).read, source.ref("big"), 0, 20 * BS)
+    disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
+    if scanned:
+        disk.scan()
+    obj, data = source.ref("big"), source.data["big"]
+    for i in reversed(range(obj.blocks(BS))):
+        assert disk.get(obj, i, len(data[i * BS:(i + 1) * BS])) == data[i * BS:(i + 1) * BS]
+    assert disk.get(obj, 11, BS) is None and disk.corrupt == 0
+
+
+def test_a_damaged_block_in_a_shared_file_is_fetched_again_not_served(source, tmp_path):
+    trio.run(make(source, tmp_path).read, source.ref("big"), 0, 8 * BS)
+    (shared,) = (tmp_path / "blocks").glob("*/*+8")
+    raw = bytearray(shared.read_bytes())
+    raw[3 * 4096 + 7] ^= 0xFF  # in the fourth block's slot
+    shared.write_bytes(bytes(raw))
+    fresh = make(source, tmp_path)
+    assert trio.run(fresh.read, source.ref("big"), 3 * BS, BS) == source.data["big"][3 * BS:4 * BS]
+    assert fresh.disk.corrupt == 1 and len(source.gets) == 2
 
 
 def test_a_corrupted_block_on_disk_is_fetched_again_not_served(source, tmp_path):
@@ -202,7 +233,7 @@ def test_clear_empties_blocks(source, tmp_path):
 
 
 def test_blocks_the_disk_cannot_keep_up_with_are_skipped_not_queued_without_bound(source, tmp_path):
-    disk = DiskBlocks(tmp_path, 1 << 30)
+    disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
     disk.scan()
     cache = BlockCache(source, disk, 1 << 20, block_size=BS)
     cache.writer.limit = BS // 2
@@ -297,12 +328,12 @@ def test_a_block_file_longer_than_its_block_is_damaged_not_read_short(tmp_path):
 
 
 def test_pacing_waits_until_the_disk_writes_catch_up(source, tmp_path, monkeypatch):
-    def slow_put(self, obj, index, data, put=DiskBlocks.put):
-        time.sleep(0.05)
-        put(self, obj, index, data)
+    def slow_put(self, obj, blocks, put=DiskBlocks.put_blocks):
+        time.sleep(0.05 * len(blocks))
+        put(self, obj, blocks)
 
-    monkeypatch.setattr(DiskBlocks, "put", slow_put)
-    disk = DiskBlocks(tmp_path, 1 << 30)
+    monkeypatch.setattr(DiskBlocks, "put_blocks", slow_put)
+    disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
     cache = BlockCache(source, disk, 1 << 20, block_size=BS)
     cache.writer.limit = 6 * BS
 

@@ -138,10 +138,9 @@ def test_kill_9_during_heavy_reads_leaves_only_correct_blocks(sample, fast_s3, t
     for (bucket, key), data in sample.objects.items():
         obj = ObjectRef(bucket, key, len(data))
         for i in range(obj.blocks()):
-            path = disk.path(obj, i)
-            if path.exists():
+            if found := disk.locate(obj, i):
                 expected = data[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]
-                assert disk.get(obj, i, len(expected)) == expected, path
+                assert disk.get(obj, i, len(expected)) == expected, found
                 checked += 1
     assert checked > 0
     with mounted(sample, tmp_path / "mnt", cache, endpoint=fast_s3) as mnt:

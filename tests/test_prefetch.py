@@ -73,7 +73,7 @@ def test_sequential_reads_of_a_large_object_read_ahead_in_parallel_chunks():
 def read_sequentially_with_disk(tmp_path, source, drain: bool):
     """Read all of source's "wsi" in 1-block reads through a cache with a small write queue
     (8 blocks; 4 in flight): the cache, the bytes read and the disk."""
-    disk = DiskBlocks(tmp_path, 1 << 30)
+    disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
     disk.scan()
 
     async def main():
@@ -97,16 +97,16 @@ def read_sequentially_with_disk(tmp_path, source, drain: bool):
 def test_readahead_waits_for_a_slow_disk_so_every_block_is_cached(tmp_path, monkeypatch):
     """Readahead that outran the disk cache's writes used to leave blocks unwritten (a cold
     1 GiB read left 424 of its 1024 blocks to be fetched again)."""
-    def slow_put(self, obj, index, data, put=DiskBlocks.put):
-        time.sleep(0.01)
-        put(self, obj, index, data)
+    def slow_put(self, obj, blocks, put=DiskBlocks.put_blocks):
+        time.sleep(0.01 * len(blocks))
+        put(self, obj, blocks)
 
-    monkeypatch.setattr(DiskBlocks, "put", slow_put)
+    monkeypatch.setattr(DiskBlocks, "put_blocks", slow_put)
     source = CountingSource({"wsi": 64 * BS})
     cache, data, disk = read_sequentially_with_disk(tmp_path, source, drain=True)
     assert data == source.data["wsi"]
     assert cache.writer.skipped == 0
-    assert all(disk.path(source.ref("wsi"), i).exists() for i in range(64))
+    assert all(disk.locate(source.ref("wsi"), i) is not None for i in range(64))
 
 
 def test_a_stalled_cache_disk_does_not_hold_up_reads(tmp_path, monkeypatch):
@@ -114,7 +114,7 @@ def test_a_stalled_cache_disk_does_not_hold_up_reads(tmp_path, monkeypatch):
     go on, and the blocks the disk could not take are counted as not written."""
     monkeypatch.setattr(cache_module, "PACING_LIMIT", 0.2)
     stalled = threading.Event()
-    monkeypatch.setattr(DiskBlocks, "put", lambda self, obj, index, data: stalled.wait(30))
+    monkeypatch.setattr(DiskBlocks, "put_blocks", lambda self, obj, blocks: stalled.wait(30))
     source = CountingSource({"wsi": 64 * BS})
     try:
         cache, data, _ = read_sequentially_with_disk(tmp_path, source, drain=False)
