@@ -384,3 +384,20 @@ def test_blocks_of_any_size_are_written_and_read_exactly_with_or_without_o_direc
         assert disk.get(obj, 0, size) == data
     assert disk.write_errors == 0
     assert disk._direct is direct  # (the test directory is on a filesystem with O_DIRECT)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "no_o_direct"])
+def test_runs_of_blocks_ending_in_any_size_read_back_exactly_with_or_without_o_direct(
+        tmp_path, monkeypatch, direct):
+    if not direct:
+        monkeypatch.setattr(os, "open", _open_without_o_direct)
+    disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
+    rng = random.Random(10)
+    for i, last in enumerate([1, BS - 16, BS - 15, BS]):
+        data = rng.randbytes(4 * BS + last)
+        obj = ObjectRef("idc-open-data", f"k{i}", len(data))
+        disk.put_blocks(obj, dict(enumerate(in_blocks(data, BS))))
+        got = disk.get_many(obj, {b: len(c) for b, c in enumerate(in_blocks(data, BS))})
+        assert b"".join(got[b] for b in sorted(got)) == data and len(got) == 5
+        assert disk.get(obj, 4, last) == data[4 * BS:]
+    assert disk.write_errors == 0 and disk._direct is direct
