@@ -152,17 +152,32 @@ def test_a_truncated_block_on_disk_is_fetched_again(source, tmp_path):
     assert fresh.disk.corrupt == 1
 
 
-def test_blocks_of_the_older_two_level_layout_are_moved_and_served(source, tmp_path):
-    trio.run(make(source, tmp_path).read, source.ref("big"), 0, 20 * BS)
+def in_the_older_layout(source, tmp_path) -> None:
+    """Blocks of "big" cached one per file in two levels of directories, as idcfs used to."""
+    cache = make(source, tmp_path)
+    for i in range(11):
+        trio.run(cache.read, source.ref("big"), i * BS, 1)
     for path in list((tmp_path / "blocks").glob("*/*")):
         older = path.parent / path.name[2:4] / path.name
         older.parent.mkdir(exist_ok=True)
         path.rename(older)
     source.down = True
+
+
+def test_blocks_of_the_older_two_level_layout_are_moved_and_served(source, tmp_path):
+    in_the_older_layout(source, tmp_path)
     again = make(source, tmp_path)
     assert trio.run(again.read, source.ref("big"), 0, 20 * BS) == source.data["big"]
     assert again.stats["disk_hits"] == 11 and again.disk.count == 11
     assert not list((tmp_path / "blocks").glob("*/*/"))
+
+
+def test_blocks_of_the_older_layout_are_served_before_the_scan_moves_them(source, tmp_path):
+    in_the_older_layout(source, tmp_path)
+    again = DrainingCache(source, DiskBlocks(tmp_path, 1 << 30, block_size=BS), 1 << 20,
+                          block_size=BS)
+    assert trio.run(again.read, source.ref("big"), 0, 20 * BS) == source.data["big"]
+    assert again.stats["disk_hits"] == 11
 
 
 def test_writing_blocks_makes_no_directories(source, tmp_path, monkeypatch):
