@@ -220,6 +220,18 @@ def test_the_disk_cache_never_exceeds_its_bound_and_drops_the_oldest(source, tmp
     assert not cache.disk.path(obj, 0).exists() and cache.disk.path(obj, 7).exists()
 
 
+def test_files_of_runs_never_exceed_the_bound_and_the_oldest_go_first(tmp_path):
+    source = CountingSource({f"wsi{i}": 8 * BS for i in range(5)})
+    limit = 2 * 8 * 4096  # two files of eight padded slots
+    cache = make(source, tmp_path, limit=limit, memory=0)
+    for i in range(5):
+        trio.run(cache.read, source.ref(f"wsi{i}"), 0, 8 * BS)
+        files = [p for p in (tmp_path / "blocks").glob("*/*") if p.is_file()]
+        assert sum(p.stat().st_size for p in files) <= limit
+    assert cache.disk.locate(source.ref("wsi4"), 0) and cache.disk.locate(source.ref("wsi3"), 7)
+    assert not cache.disk.locate(source.ref("wsi2"), 0)
+
+
 def test_memory_holds_at_most_its_bound(source, tmp_path):
     cache = BlockCache(source, None, 3 * BS, block_size=BS)
     trio.run(cache.read, source.ref("big"), 0, 10 * BS)
