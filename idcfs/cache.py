@@ -103,7 +103,7 @@ class DiskBlocks:
         self.root = root / "blocks"
         self.limit = limit
         self.block_size = block_size
-        self._slot = _aligned_size(block_size + _TRAILER.size)
+        self._stride = _slot(block_size)
         self._lru: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._files: dict[str, dict[int, int]] = {}  # digest -> {first block: blocks} on disk
         self._bytes = 0
@@ -157,7 +157,7 @@ class DiskBlocks:
             return None
         first, count = found
         return (self._file(digest, first, count),
-                None if count == 1 else (index - first) * self._slot, first + count - 1)
+                None if count == 1 else (index - first) * self._stride, first + count - 1)
 
     def _listed(self, digest: str) -> dict[int, int]:
         try:
@@ -308,7 +308,7 @@ class DiskBlocks:
         Read with O_DIRECT where the filesystem allows it, like the writes: straight from the
         disk into an aligned buffer, instead of through the page cache (whose fill and copy cost
         this VM ~1 s of system time per GiB, for pages the kernel already keeps for the mount)."""
-        slots = [_aligned_size(length + _TRAILER.size) for length in lengths]
+        slots = [_slot(length) for length in lengths]
         if offset is None:
             # A file of its own: one byte more than a good one has, to see a longer file.
             want = lengths[0] + _TRAILER.size
@@ -347,7 +347,7 @@ class DiskBlocks:
         with self._lock:
             buf = self._buffers.pop() if self._buffers else None
         if buf is None:
-            buf = mmap.mmap(-1, RUN_BLOCKS * self._slot + _DIRECT_ALIGN)
+            buf = mmap.mmap(-1, RUN_BLOCKS * self._stride + _DIRECT_ALIGN)
         try:
             yield buf
         finally:
@@ -391,7 +391,7 @@ class DiskBlocks:
             self._keep_disk_free()
         self._evict()
         try:
-            self._write(path, datas)
+            self._write(path, datas, size)
         except OSError as exc:
             with self._lock:
                 self._bytes -= size
@@ -407,7 +407,7 @@ class DiskBlocks:
     def _image(buf: mmap.mmap, datas: list[bytes]) -> memoryview:
         """The file's bytes in buf, padded to the page: a block and its trailer, or each block
         and its trailer in a slot of its own."""
-        slots = [_aligned_size(len(d) + _TRAILER.size) for d in datas]
+        slots = [_slot(len(d)) for d in datas]
         at = 0
         for data, slot in zip(datas, slots):
             end = at + len(data)
@@ -417,7 +417,7 @@ class DiskBlocks:
             at += slot
         return memoryview(buf)[:at]
 
-    def _write(self, path: Path, datas: list[bytes]) -> None:
+    def _write(self, path: Path, datas: list[bytes], size: int) -> None:
         # Opened with O_DIRECT at once: each system call releases and retakes the GIL, which
         # the FUSE loop and the S3 client are waiting for (mkstemp and two fcntl calls before).
         tmp = path.parent / f".tmp-{self._tmp_prefix}{next(self._tmp_numbers)}"
@@ -430,7 +430,6 @@ class DiskBlocks:
         try:
             with self._aligned() as buf:
                 image = self._image(buf, datas)
-                size = _file_size(datas)
                 if not (self._direct and self._write_direct(fd, image, size)):
                     with os.fdopen(fd, "wb", closefd=False) as out:
                         out.write(image[:size])
@@ -758,7 +757,13 @@ def _file_size(datas: list[bytes]) -> int:
     """A block of its own ends at its trailer; the slots of a shared file keep their padding."""
     if len(datas) == 1:
         return len(datas[0]) + _TRAILER.size
-    return sum(_aligned_size(len(d) + _TRAILER.size) for d in datas)
+    return sum(_slot(len(d)) for d in datas)
+
+
+def _slot(length: int) -> int:
+    """The room a block of length bytes and its trailer take in a shared file: padded to the
+    page, so that each block can be read alone with O_DIRECT."""
+    return _aligned_size(length + _TRAILER.size)
 
 
 def _parse(name: str) -> tuple[str, int, int] | None:
