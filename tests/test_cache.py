@@ -305,35 +305,31 @@ def test_a_whole_object_whose_bytes_do_not_match_its_etag_is_refused_and_not_cac
     assert trio.run(cache.read, obj, 0, 300) == good
 
 
-def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_reads_falls_back(tmp_path,
-                                                                              monkeypatch):
-    real_readv = os.readv
-
-    def readv(fd, buffers):
+def _refusing_o_direct(call):
+    """call (os.preadv, os.write) as on a filesystem that opens files with O_DIRECT but refuses
+    their I/O with EINVAL."""
+    def refusing(fd, *args):
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_readv(fd, buffers)
+        return call(fd, *args)
+    return refusing
 
+
+def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_reads_falls_back(tmp_path,
+                                                                              monkeypatch):
     disk = DiskBlocks(tmp_path, 1 << 30)
     obj = ObjectRef("idc-open-data", "k", 70000)
     data = os.urandom(70000)
     disk.put(obj, 0, data)
-    monkeypatch.setattr(os, "readv", readv)
+    monkeypatch.setattr(os, "preadv", _refusing_o_direct(os.preadv))
     assert disk.get(obj, 0, 70000) == data
     assert disk.get(obj, 0, 70000) == data  # and from then on without O_DIRECT
-    assert disk.corrupt == 0
+    assert disk.corrupt == 0 and not disk._direct
 
 
 def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_writes_falls_back(tmp_path,
                                                                                monkeypatch):
-    real_write = os.write
-
-    def write(fd, data):
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "write", _refusing_o_direct(os.write))
     disk = DiskBlocks(tmp_path, 1 << 30)
     blocks = {ObjectRef("idc-open-data", f"k{i}", 70000 + i): os.urandom(70000 + i)
               for i in range(2)}
@@ -354,12 +350,17 @@ def test_a_block_file_longer_than_its_block_is_damaged_not_read_short(tmp_path):
     assert disk.corrupt == 1 and not disk.path(obj, 0).exists()
 
 
-def test_pacing_waits_until_the_disk_writes_catch_up(source, tmp_path, monkeypatch):
+def slow_disk(monkeypatch, seconds_per_block: float) -> None:
+    """A cache disk that takes seconds_per_block to write each block."""
     def slow_put(self, obj, blocks, put=DiskBlocks.put_blocks):
-        time.sleep(0.05 * len(blocks))
+        time.sleep(seconds_per_block * len(blocks))
         put(self, obj, blocks)
 
     monkeypatch.setattr(DiskBlocks, "put_blocks", slow_put)
+
+
+def test_pacing_waits_until_the_disk_writes_catch_up(source, tmp_path, monkeypatch):
+    slow_disk(monkeypatch, 0.05)
     disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
     cache = BlockCache(source, disk, 1 << 20, block_size=BS)
     cache.writer.limit = 6 * BS

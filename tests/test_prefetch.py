@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import trio
@@ -12,7 +11,7 @@ from idcfs import cache as cache_module
 from idcfs import prefetch
 from idcfs.cache import BlockCache, DiskBlocks, ObjectRef
 from idcfs.prefetch import Reader, Stream
-from test_cache import BS, CountingSource
+from test_cache import BS, CountingSource, slow_disk
 
 
 @pytest.fixture(autouse=True)
@@ -97,11 +96,7 @@ def read_sequentially_with_disk(tmp_path, source, drain: bool):
 def test_readahead_waits_for_a_slow_disk_so_every_block_is_cached(tmp_path, monkeypatch):
     """Readahead that outran the disk cache's writes used to leave blocks unwritten (a cold
     1 GiB read left 424 of its 1024 blocks to be fetched again)."""
-    def slow_put(self, obj, blocks, put=DiskBlocks.put_blocks):
-        time.sleep(0.01 * len(blocks))
-        put(self, obj, blocks)
-
-    monkeypatch.setattr(DiskBlocks, "put_blocks", slow_put)
+    slow_disk(monkeypatch, 0.01)
     source = CountingSource({"wsi": 64 * BS})
     cache, data, disk = read_sequentially_with_disk(tmp_path, source, drain=True)
     assert data == source.data["wsi"]
