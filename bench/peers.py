@@ -12,6 +12,11 @@ Cold runs of the series copy and of the 1 GiB read are repeated (each from a fre
 the endpoint's files in its page cache) and the median is reported with the range: on 2 shared
 cores single runs vary by 20-50 %.
 
+Every run also counts, at the endpoint, the requests it caused and the bytes its GETs asked for
+(of the last run, for the repeated ones): a tool that fetches more than its reader wants, or a
+warm read that still goes to the network, shows there. Asked for, not sent: a client may close
+the connection before the end of the range it asked for (rclone asks for 128 MiB windows).
+
     .venv/bin/python bench/peers.py [--latency 0,20] [--repeat 3] [--work DIR] [--json FILE]
 """
 
@@ -219,17 +224,22 @@ def warm_server(files: list[Path]) -> None:
                 pass
 
 
-def measure(latency: int, endpoint: str, work: Path, meta: dict, results: list, repeat: int) -> None:
+def measure(latency: int, endpoint: str, server: str, work: Path, meta: dict, results: list,
+            repeat: int) -> None:
+    """Every workload against endpoint (the server, or the latency proxy in front of it); what
+    each run asked of the server is counted at server, its own address."""
     tmp = work / "tmp"
 
-    def record(workload: str, tool: str, seconds: float | list[float], nbytes: int = 0,
-               rss: float = 0.0):
+    def record(workload: str, tool: str, seconds: float | list[float], served: dict,
+               nbytes: int = 0, rss: float = 0.0):
         runs = sorted(seconds) if isinstance(seconds, list) else [seconds]
         median = statistics.median(runs)
         results.append({"latency_ms": latency, "workload": workload, "tool": tool,
                         "seconds": round(median, 4), "runs": [round(x, 4) for x in runs],
                         "MB/s": round(nbytes / median / 1e6, 1) if nbytes else None,
-                        "peak_rss_MB": round(rss, 1) or None})
+                        "peak_rss_MB": round(rss, 1) or None,
+                        "requests": sum(served.get(k, 0) for k in ("GET", "HEAD", "LIST")),
+                        "MB_asked": round(served.get("GET_bytes", 0) / 1e6, 1)})
         spread = f"  ({runs[0]:.3f}-{runs[-1]:.3f})" if len(runs) > 1 else ""
         say(f"{latency:>3} ms  {workload:<34} {tool:<11} {median:8.3f} s{spread}")
 
@@ -238,97 +248,112 @@ def measure(latency: int, endpoint: str, work: Path, meta: dict, results: list, 
         shutil.rmtree(path, ignore_errors=True)
         return path
 
-    def cold(files: list[Path], once) -> tuple[list[float], float]:
-        """once(last) repeated from a fresh start: its times and the highest peak RSS it reported."""
+    def counted(timed) -> tuple[float, dict]:
+        """The seconds timed() reports, and what the server answered meanwhile."""
+        s3server.counts(server, reset=True)
+        seconds = timed()
+        return seconds, s3server.counts(server)
+
+    def cold(files: list[Path], once) -> tuple[list[float], dict, float]:
+        """once(last) repeated from a fresh start: its times, what the server answered in the
+        last run, and the highest peak RSS it reported."""
         times, peak = [], 0.0
         for i in range(repeat):
             warm_server(files)
-            seconds, rss = once(i == repeat - 1)
+            seconds, served, rss = once(i == repeat - 1)
             times.append(seconds)
             peak = max(peak, rss)
-        return times, peak
+        return times, served, peak
 
     ct_bytes = meta["ct"]["bytes"]
     ct_files = sorted((work / "s3" / BUCKET / meta["ct"]["uuid"]).iterdir())
     big_file = [work / "s3" / BUCKET / meta["sm"]["key"]]
 
-    def mounted_cp(tool: str) -> tuple[float, float]:
+    def mounted_cp(tool: str) -> tuple[float, dict, float]:
         with Mount(tool, endpoint, work, meta) as m:
-            return run(["cp", "-r", str(m.series()), str(fresh("copy"))]), m.rss()
+            return *counted(lambda: run(["cp", "-r", str(m.series()), str(fresh("copy"))])), m.rss()
 
-    def s5cmd(source: str, target: str) -> tuple[float, float]:
-        return run([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url", endpoint, "cp",
-                    f"s3://{BUCKET}/{source}", target]), 0.0
+    def s5cmd(source: str, target: str) -> tuple[float, dict, float]:
+        return *counted(lambda: run([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url",
+                                     endpoint, "cp", f"s3://{BUCKET}/{source}", target])), 0.0
 
-    def ceiling(*args: str) -> tuple[float, float]:
-        return run([sys.executable, str(ROOT / "bench" / "ceiling.py"), args[0], endpoint, BUCKET,
-                    *args[1:]]), 0.0
+    def ceiling(*args: str) -> tuple[float, dict, float]:
+        return *counted(lambda: run([sys.executable, str(ROOT / "bench" / "ceiling.py"), args[0],
+                                     endpoint, BUCKET, *args[1:]])), 0.0
 
     # Cold copy of a CT series.
     for tool in ("idcfs", "s3fs", "rclone"):
-        times, peak = cold(ct_files, lambda last, tool=tool: mounted_cp(tool))
-        record("cold cp -r of a 292-file CT series", tool, times, ct_bytes, peak)
+        times, served, peak = cold(ct_files, lambda last, tool=tool: mounted_cp(tool))
+        record("cold cp -r of a 292-file CT series", tool, times, served, ct_bytes, peak)
     series = meta["ct"]["uuid"]
-    times, _ = cold(ct_files, lambda last: s5cmd(f"{series}/*", f"{fresh('copy')}/"))
-    record("cold cp -r of a 292-file CT series", "s5cmd", times, ct_bytes)
-    times, _ = cold(ct_files, lambda last: ceiling("series", f"{series}/", str(fresh("copy"))))
-    record("cold cp -r of a 292-file CT series", "aiobotocore", times, ct_bytes)
+    times, served, _ = cold(ct_files, lambda last: s5cmd(f"{series}/*", f"{fresh('copy')}/"))
+    record("cold cp -r of a 292-file CT series", "s5cmd", times, served, ct_bytes)
+    times, served, _ = cold(ct_files, lambda last: ceiling("series", f"{series}/", str(fresh("copy"))))
+    record("cold cp -r of a 292-file CT series", "aiobotocore", times, served, ct_bytes)
 
     # Cold sequential read of 1 GiB; after the last idcfs run, warm re-reads through its mount.
     def warm(m: Mount) -> None:
-        record("warm re-read of 1 GiB (page cache)", "idcfs", dd(m.big()), BIG_SIZE, m.rss())
+        record("warm re-read of 1 GiB (page cache)", "idcfs", *counted(lambda: dd(m.big())),
+               BIG_SIZE, m.rss())
         drop_caches()
-        record("warm re-read of 1 GiB (disk cache)", "idcfs", dd(m.big()), BIG_SIZE, m.rss())
+        record("warm re-read of 1 GiB (disk cache)", "idcfs", *counted(lambda: dd(m.big())),
+               BIG_SIZE, m.rss())
         run(["cp", "-r", str(m.series()), str(fresh("copy"))])
         drop_caches()
         record("warm cp -r of the series (disk cache)", "idcfs",
-               run(["cp", "-r", str(m.series()), str(fresh("copy"))]), ct_bytes, m.rss())
+               *counted(lambda: run(["cp", "-r", str(m.series()), str(fresh("copy"))])),
+               ct_bytes, m.rss())
 
-    def mounted_dd(tool: str, last: bool) -> tuple[float, float]:
+    def mounted_dd(tool: str, last: bool) -> tuple[float, dict, float]:
         with Mount(tool, endpoint, work, meta) as m:
-            seconds = dd(m.big())
+            seconds, served = counted(lambda: dd(m.big()))
             if tool == "idcfs" and last:
                 warm(m)
-            return seconds, m.rss()
+            return seconds, served, m.rss()
 
     for tool in ("idcfs", "s3fs", "rclone"):
-        times, peak = cold(big_file, lambda last, tool=tool: mounted_dd(tool, last))
-        record("cold sequential read of 1 GiB", tool, times, BIG_SIZE, peak)
-    times, _ = cold(big_file, lambda last: s5cmd(meta["sm"]["key"], str(fresh("big.dcm"))))
-    record("cold sequential read of 1 GiB", "s5cmd", times, BIG_SIZE)
+        times, served, peak = cold(big_file, lambda last, tool=tool: mounted_dd(tool, last))
+        record("cold sequential read of 1 GiB", tool, times, served, BIG_SIZE, peak)
+    times, served, _ = cold(big_file, lambda last: s5cmd(meta["sm"]["key"], str(fresh("big.dcm"))))
+    record("cold sequential read of 1 GiB", "s5cmd", times, served, BIG_SIZE)
     drop_caches()
-    record("re-read of 1 GiB from local disk (reference)", "local disk", dd(tmp / "big.dcm"), BIG_SIZE)
-    times, _ = cold(big_file, lambda last: ceiling("object", meta["sm"]["key"]))
-    record("cold sequential read of 1 GiB", "aiobotocore", times, BIG_SIZE)
+    record("re-read of 1 GiB from local disk (reference)", "local disk",
+           *counted(lambda: dd(tmp / "big.dcm")), BIG_SIZE)
+    times, served, _ = cold(big_file, lambda last: ceiling("object", meta["sm"]["key"]))
+    record("cold sequential read of 1 GiB", "aiobotocore", times, served, BIG_SIZE)
 
     # Random 64 KiB reads, pydicom header scan, recursive listing: fresh mounts, cold.
     for tool in ("idcfs", "s3fs", "rclone"):
         with Mount(tool, endpoint, work, meta) as m:
-            record(f"{RANDOM_READS} random 64 KiB reads in 1 GiB", tool, random_reads(m.big()), 0, m.rss())
-            record("pydicom header scan of the series", tool, header_scan(m.series()), 0, m.rss())
+            record(f"{RANDOM_READS} random 64 KiB reads in 1 GiB", tool,
+                   *counted(lambda: random_reads(m.big())), 0, m.rss())
+            record("pydicom header scan of the series", tool,
+                   *counted(lambda: header_scan(m.series())), 0, m.rss())
         with Mount(tool, endpoint, work, meta) as m:
             record("ls -lR of a patient (cold)", tool,
-                   run(["ls", "-lR", str(m.listing_root())]), 0, m.rss())
+                   *counted(lambda: run(["ls", "-lR", str(m.listing_root())])), 0, m.rss())
             record("find -name '*.dcm' (again)", tool,
-                   run(["find", str(m.listing_root()), "-name", "*.dcm"]), 0, m.rss())
+                   *counted(lambda: run(["find", str(m.listing_root()), "-name", "*.dcm"])), 0,
+                   m.rss())
     record(f"{RANDOM_READS} random 64 KiB reads in 1 GiB", "aiobotocore",
-           run([sys.executable, str(ROOT / "bench" / "ceiling.py"), "random", endpoint, BUCKET,
-                meta["sm"]["key"], str(RANDOM_READS), "3"]))
+           *ceiling("random", meta["sm"]["key"], str(RANDOM_READS), "3")[:2])
 
 
 def table(results: list) -> str:
     lines = []
     for latency in sorted({r["latency_ms"] for r in results}):
         lines.append(f"\n### {latency} ms per request\n")
-        lines.append("| workload | tool | seconds | runs | MB/s | peak RSS MB | tool's time / idcfs's |")
-        lines.append("| --- | --- | ---: | --- | ---: | ---: | ---: |")
+        lines.append("| workload | tool | seconds | runs | MB/s | peak RSS MB | requests | MB asked for "
+                     "| tool's time / idcfs's |")
+        lines.append("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
         rows = [r for r in results if r["latency_ms"] == latency]
         for r in rows:
             mine = next((x for x in rows if x["workload"] == r["workload"] and x["tool"] == "idcfs"), None)
             ratio = f"{r['seconds'] / mine['seconds']:.2f}×" if mine and r is not mine else ""
             runs = "-".join(f"{x:.3f}" for x in (r["runs"][0], r["runs"][-1])) if len(r["runs"]) > 1 else ""
             lines.append(f"| {r['workload']} | {r['tool']} | {r['seconds']:.3f} | {runs} | "
-                         f"{r['MB/s'] or ''} | {r['peak_rss_MB'] or ''} | {ratio} |")
+                         f"{r['MB/s'] or ''} | {r['peak_rss_MB'] or ''} | {r['requests']} | "
+                         f"{r['MB_asked']} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -365,7 +390,8 @@ def main() -> int:
                 time.sleep(0.5)
                 endpoint = f"http://127.0.0.1:{proxy_port}"
             try:
-                measure(latency, endpoint, args.work, meta, results, args.repeat)
+                measure(latency, endpoint, f"http://127.0.0.1:{port}", args.work, meta, results,
+                        args.repeat)
             finally:
                 if proxy:
                     proxy.terminate()

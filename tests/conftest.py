@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+import s3server  # noqa: E402
 import sample as sample_data  # noqa: E402
 
 from idcfs.mounts import is_mounted  # noqa: E402,F401 - shared with the tests
@@ -141,8 +142,6 @@ def mount(sample: sample_data.Sample, s3_endpoint: str,
 def serving(root: Path) -> Iterator[str]:
     """The counting read-only S3 server (tests/s3server.py) serving root/<bucket>/<key>: its URL,
     stopped however the caller ends."""
-    import s3server
-
     port = sample_data.free_port()
     server = s3server.start(root, port)
     try:
@@ -155,19 +154,10 @@ def serving(root: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def fast_s3(sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The sample's objects behind the counting read-only S3 server."""
-    import s3server
-
     root = tmp_path_factory.mktemp("fast-s3")
     s3server.write_tree(root, sample.objects)
     with serving(root) as endpoint:
         yield endpoint
 
 
-def server_counts(endpoint: str, reset: bool = False) -> dict[str, int]:
-    """Requests the counting server has answered (GET, HEAD, LIST), optionally resetting them."""
-    import json
-    import urllib.request
-
-    request = urllib.request.Request(f"{endpoint}/_stats", method="POST" if reset else "GET")
-    with urllib.request.urlopen(request) as response:
-        return json.load(response)
+server_counts = s3server.counts

@@ -3,8 +3,9 @@
 moto is too slow to measure a filesystem against (~150 MB/s, ~180 GETs/s here, and it reads the
 whole object for every ranged GET). This serves files from disk with sendfile, answers ranged GETs,
 HEAD, ListObjectsV2 and V1 (prefix, delimiter, pagination), GetBucketLocation and ListBuckets,
-and refuses every write. Anonymous access only, path-style addressing. It counts requests, so tests
-can assert how many GETs a workload caused: GET /_stats (JSON), POST /_stats/reset.
+and refuses every write. Anonymous access only, path-style addressing. It counts requests and the
+bytes its GETs were asked for, so tests and the benchmark can tell how many GETs and bytes a
+workload caused: GET /_stats (JSON), POST /_stats/reset.
 
     python tests/s3server.py ROOT [--port N] [--workers N]
 """
@@ -14,11 +15,13 @@ from __future__ import annotations
 import argparse
 import bisect
 import hashlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from datetime import datetime, timezone
 from email.utils import formatdate
@@ -165,8 +168,12 @@ def make_app(root: Path) -> web.Application:
                    "Accept-Ranges": "bytes", "Content-Type": "application/dicom"}
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(size)})
-        if request.http_range.start is not None and request.http_range.start >= size:
+        wanted = request.http_range
+        if wanted.start is not None and wanted.start >= size:
             return _error(416, "InvalidRange", "The requested range is not satisfiable", key)
+        start = 0 if wanted.start is None else max(0, size + wanted.start if wanted.start < 0
+                                                   else wanted.start)
+        counts["GET_bytes"] += (size if wanted.stop is None else min(size, wanted.stop)) - start
         return web.FileResponse(store.root / name / key, headers=headers)
 
     app = web.Application()
@@ -199,6 +206,14 @@ def start(root: Path, port: int) -> subprocess.Popen:
     """This server as a child process on 127.0.0.1:port, ready to answer."""
     return start_listening([sys.executable, __file__, str(root), "--port", str(port)], port,
                            "s3server")
+
+
+def counts(endpoint: str, reset: bool = False) -> dict[str, int]:
+    """What the server has answered since the last reset (GET, HEAD, LIST, and GET_bytes: the
+    bytes its GETs asked for), optionally resetting the counts."""
+    request = urllib.request.Request(f"{endpoint}/_stats", method="POST" if reset else "GET")
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
 
 
 def write_tree(root: Path, objects: dict[tuple[str, str], bytes]) -> None:
