@@ -60,8 +60,17 @@ async def _serve(target: int, delay: float, client_r, client_w) -> None:
 
 
 async def main(listen: int, target: int, delay_ms: float) -> None:
-    server = await asyncio.start_server(
-        lambda r, w: _serve(target, delay_ms / 1000, r, w), "127.0.0.1", listen)
+    # asyncio keeps only weak references to tasks: a connection whose client stopped reading
+    # (rclone drops the rest of a 128 MiB range when it seeks) left a task that nothing else
+    # referenced, which was collected while pending, with a warning on stderr.
+    connections: set[asyncio.Task] = set()
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(_serve(target, delay_ms / 1000, reader, writer))
+        connections.add(task)
+        task.add_done_callback(connections.discard)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", listen)
     async with server:
         await server.serve_forever()
 
