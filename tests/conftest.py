@@ -21,15 +21,22 @@ from idcfs.mounts import is_mounted  # noqa: E402,F401 - shared with the tests
 IDCFS = [sys.executable, "-m", "idcfs"]
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    port = sample_data.free_port()
-    server = sample_data.start_moto(port)
+@contextmanager
+def _until_done(server: subprocess.Popen, port: int) -> Iterator[str]:
+    """The URL of a server process listening on port; the process is stopped however the
+    caller ends."""
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    port = sample_data.free_port()
+    with _until_done(sample_data.start_moto(port), port) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
@@ -143,12 +150,8 @@ def serving(root: Path) -> Iterator[str]:
     """The counting read-only S3 server (tests/s3server.py) serving root/<bucket>/<key>: its URL,
     stopped however the caller ends."""
     port = sample_data.free_port()
-    server = s3server.start(root, port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
+    with _until_done(s3server.start(root, port), port) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
