@@ -95,13 +95,17 @@ def main() -> int:
             for series in os.listdir(mnt / "nlst" / patient / s):
                 (local / "nlst" / patient / s / series).mkdir(parents=True, exist_ok=True)
 
-        for label, rel, target in (("ls of the root", "", "< 0.1 s"),
-                                   ("ls of nlst (26k patients)", "nlst", "< 1 s"),
-                                   ("ls -l of a study", f"nlst/{patient}/{study}", "< 0.1 s")):
+        # `ls -l` of nlst has no target: it asks for two or three extended attributes of each
+        # of the 26k entries (SELinux label, ACLs), a round trip to the daemon each.
+        for label, rel, target, runs in (
+                ("ls of the root", "", "< 0.1 s", args.runs),
+                ("ls of nlst (26k patients)", "nlst", "< 1 s", args.runs),
+                ("ls -l of a study", f"nlst/{patient}/{study}", "< 0.1 s", args.runs),
+                ("ls -l of nlst (26k patients)", "nlst", "", 1)):
             flags = ["-l"] if label.startswith("ls -l") else []
             step(label)
-            first, warm = median_time(["ls", *flags, str(mnt / rel)], args.runs)
-            _, ref = median_time(["ls", *flags, str(local / rel)], args.runs)
+            first, warm = median_time(["ls", *flags, str(mnt / rel)], runs)
+            _, ref = median_time(["ls", *flags, str(local / rel)], runs)
             rows.append((f"{label}, first", first, "s", target))
             rows.append((f"{label}, again (median)", warm, "s", f"local disk {ref:.4f} s"))
 
