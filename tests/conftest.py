@@ -162,5 +162,3 @@ def fast_s3(sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory
     with serving(root) as endpoint:
         yield endpoint
 
-
-server_counts = s3server.counts

@@ -11,7 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from conftest import daemon_pids, mounted, run_idcfs, server_counts
+import s3server
+from conftest import daemon_pids, mounted, run_idcfs
 from idcfs.cache import BLOCK_SIZE, DiskBlocks, ObjectRef
 from test_mount import series_dir
 
@@ -31,30 +32,30 @@ def test_a_file_read_by_many_processes_at_once_is_fetched_once(sample, fast_s3, 
     with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=fast_s3) as mnt:
         path, data = biggest_file(sample, mnt)
         os.listdir(path.parent)
-        server_counts(fast_s3, reset=True)
+        s3server.counts(fast_s3, reset=True)
         with ProcessPoolExecutor(16) as pool:
             digests = set(pool.map(_sha, [str(path)] * 16))
         assert digests == {hashlib.sha256(data).hexdigest()}
-        assert server_counts(fast_s3).get("GET", 0) == 1
+        assert s3server.counts(fast_s3).get("GET", 0) == 1
 
 
 def test_repeated_reads_do_not_reach_the_endpoint(sample, fast_s3, tmp_path):
     with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=fast_s3) as mnt:
         path, data = biggest_file(sample, mnt)
         assert path.read_bytes() == data
-        server_counts(fast_s3, reset=True)
+        s3server.counts(fast_s3, reset=True)
         for _ in range(3):
             assert path.read_bytes() == data
-        assert server_counts(fast_s3).get("GET", 0) == 0
+        assert s3server.counts(fast_s3).get("GET", 0) == 0
 
 
 def test_copying_a_series_fetches_each_file_exactly_once(sample, fast_s3, tmp_path):
     row = max(sample.rows, key=lambda r: len(sample.series_objects(r)))
     with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=fast_s3) as mnt:
         os.listdir(series_dir(mnt, row))
-        server_counts(fast_s3, reset=True)
+        s3server.counts(fast_s3, reset=True)
         subprocess.run(["cp", "-r", str(series_dir(mnt, row)), str(tmp_path / "copy")], check=True)
-        counts = server_counts(fast_s3)
+        counts = s3server.counts(fast_s3)
     copied = {p.name: p.read_bytes() for p in (tmp_path / "copy").iterdir()}
     assert copied == sample.series_objects(row)
     assert counts.get("GET", 0) == len(copied)

@@ -15,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 import s3server
-from conftest import server_counts, serving
+from conftest import serving
 
 OBJECTS = {("idc-open-data", f"series-a/{i:04}.dcm"): os.urandom(100 + i) for i in range(1005)}
 OBJECTS.update({("idc-open-data", "series-b/x.dcm"): b"x" * 5000,
@@ -68,12 +68,12 @@ def test_ranged_get_returns_exact_bytes(s3):
 
 
 def test_counts_the_gets_and_the_bytes_they_ask_for(s3, endpoint):
-    server_counts(endpoint, reset=True)
+    s3server.counts(endpoint, reset=True)
     key, size = "series-a/0999.dcm", len(OBJECTS[("idc-open-data", "series-a/0999.dcm")])
     for wanted in ("bytes=10-99", "bytes=-50", "bytes=1000-", None):
         s3.get_object(Bucket="idc-open-data", Key=key, **({"Range": wanted} if wanted else {}))
     s3.head_object(Bucket="idc-open-data", Key=key)
-    assert server_counts(endpoint) == {"GET": 4, "HEAD": 1,
+    assert s3server.counts(endpoint) == {"GET": 4, "HEAD": 1,
                                        "GET_bytes": 90 + 50 + (size - 1000) + size}
 
 
