@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip install --quiet --constraint constraints.txt
 
-.PHONY: install install-system dev demo test bench clean
+.PHONY: system install install-system dev demo test bench clean
 
-$(VENV)/bin/python:
+# FUSE 3, its headers, a C compiler, the Python headers: installed as root with apt, else named.
+system:
+	@sh scripts/system-deps.sh $(PYTHON)
+
+$(VENV)/bin/python: | system
 	$(PYTHON) -m venv $(VENV)
 
-install: $(VENV)/bin/python
+install: system $(VENV)/bin/python
 	$(PIP) -e .
 	@echo "idcfs installed: $(VENV)/bin/idcfs"
 
@@ -22,7 +26,7 @@ install-system: install
 	@systemctl daemon-reload 2>/dev/null || echo "systemd is not running here; run 'systemctl daemon-reload' where it is"
 	@echo "installed: /usr/local/bin/idcfs, /sbin/mount.fuse.idcfs, idcfs@.service (system and user)"
 
-dev: $(VENV)/bin/python
+dev: system $(VENV)/bin/python
 	$(PIP) -e '.[test]'
 
 demo: dev
