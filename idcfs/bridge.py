@@ -47,9 +47,17 @@ class AsyncioBridge:
         """Run coro on the asyncio loop and wait for it, from a thread that is not a trio loop."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start coro on the asyncio loop; its future, to wait for later."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run coro on the asyncio loop and wait for it without blocking the calling trio loop."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return await self.wait(self.submit(coro))
+
+    @staticmethod
+    async def wait(future: concurrent.futures.Future[T]) -> T:
+        """Wait for a submitted coroutine from a trio task; cancelling the task cancels it."""
         done = trio.Event()
         token = trio.lowlevel.current_trio_token()
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .cache import blocks_in_file, clear
+from .data_cache import clear
+from .data_cache.blockfile import blocks_in_file, directory
 from .config import default_cache_dir
 from .mounts import idcfs_mounts
 
@@ -38,7 +39,7 @@ def stats(cache_dir: Path) -> int:
     if not cache_dir.is_dir():
         print(f"idcfs: no cache at {cache_dir}", file=sys.stderr)
         return 1
-    blocks, block_bytes = _du(cache_dir / "blocks", blocks_in_file)
+    blocks, block_bytes = _du(directory(cache_dir), blocks_in_file)
     listings, listing_bytes = _du(cache_dir / "listings")
     trees = [p for p in (cache_dir / "index").glob("*") if p.is_dir()] if (cache_dir / "index").is_dir() else []
     tree_bytes = sum(_du(p)[1] for p in trees)

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -87,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
         "--endpoint-url", metavar="URL",
         help="S3-compatible endpoint for every request (default: AWS S3, us-east-1; with "
         f"--source gcs, {GCS_ENDPOINT})",
+    )
+    mount.add_argument(
+        "--ca-bundle", type=Path, metavar="FILE",
+        help="trust only the CA certificates in this PEM file (default: the system's store; "
+        "AWS_CA_BUNDLE in the environment does the same)",
     )
     mount.add_argument(
         "--idc-version", type=int, metavar="N",
@@ -253,6 +259,25 @@ def _check_endpoint(url: str) -> str:
     return url
 
 
+def _check_ca_bundle(path: Path | None) -> str | None:
+    """The CA bundle to trust instead of the system's store: --ca-bundle, else AWS_CA_BUNDLE (as
+    every AWS tool reads it), else None. A file that holds no certificate is refused here."""
+    origin = "--ca-bundle"
+    if path is None and os.environ.get("AWS_CA_BUNDLE"):
+        path, origin = Path(os.environ["AWS_CA_BUNDLE"]), "AWS_CA_BUNDLE"
+    if path is None:
+        return None
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise UsageError(f"{origin} {path} does not exist") from None
+    except ssl.SSLError:  # an OSError too: first
+        raise UsageError(f"{origin} {path} holds no PEM certificate") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {origin} {path}: {exc.strerror}") from None
+    return str(path.resolve())
+
+
 def _stale(path: Path) -> UsageError:
     return UsageError(
         f"{path} is a stale mount of a daemon that died; clear it with: idcfs umount {path}"
@@ -350,6 +375,7 @@ def mount_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> M
         index_dir=index_dir.resolve(),
         cache_dir=cache_dir,
         endpoint_url=endpoint,
+        ca_bundle=_check_ca_bundle(args.ca_bundle),
         foreground=bool(args.foreground),
         log_level=level,
         log_file=args.log_file.resolve() if args.log_file else None,
@@ -377,7 +403,11 @@ def _mount_background(cfg: MountConfig, argv: list[str]) -> int:
         )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as ready:
-        message = ready.read().decode(errors="replace").strip()
+        lines = ready.read().decode(errors="replace").strip().splitlines()
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    message = "\n".join(line for line in lines if line not in warnings)
+    for warning in warnings:
+        print(f"idcfs: {warning}", file=sys.stderr)
     if message == "ready":
         return 0
     code = child.wait()

@@ -47,6 +47,7 @@ class MountConfig:
     index_dir: Path
     cache_dir: Path
     endpoint_url: str | None = None
+    ca_bundle: str | None = None
     foreground: bool = False
     log_level: str = "INFO"
     log_file: Path | None = None

@@ -8,6 +8,7 @@ SIGTERM, SIGINT and SIGHUP end the FUSE loop and unmount; an unmount from outsid
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import gc
 import logging
@@ -25,7 +26,7 @@ import trio
 from . import index
 from .about import About
 from .bridge import AsyncioBridge
-from .cache import BlockCache, DiskBlocks
+from .data_cache import BlockCache, DiskBlocks
 from .config import MountConfig
 from .fs import Operations
 from .listings import Listings
@@ -61,9 +62,16 @@ def setup_logging(level: str) -> None:
 
 
 def _announce(ready_fd: int | None, message: str) -> None:
+    """The last word to the process waiting for the mount: "ready", or why it failed."""
     if ready_fd is not None:
         os.write(ready_fd, message.encode())
         os.close(ready_fd)
+
+
+def _warn_starter(ready_fd: int | None, warning: str) -> None:
+    """A warning the waiting `idcfs mount` prints before it returns (the mount goes on)."""
+    if ready_fd is not None:
+        os.write(ready_fd, f"warning: {warning}\n".encode())
 
 
 def sd_notify(message: str) -> None:
@@ -81,7 +89,8 @@ def sd_notify(message: str) -> None:
         log.warning("cannot notify systemd at %s: %s", address, exc)
 
 
-async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, started: float) -> None:
+async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, started: float,
+                 check: concurrent.futures.Future | None) -> None:
     # Signals are caught from before the mount exists until after it is gone, so a SIGTERM at any
     # moment unmounts instead of killing the daemon and leaving a stale mount behind.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -93,7 +102,7 @@ async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, starte
             async with trio.open_nursery() as nursery:
                 ops.reader.start(nursery)
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-                nursery.start_soon(_ready_when_answering, cfg, ready_fd, started)
+                nursery.start_soon(_ready_when_answering, cfg, ready_fd, started, check)
                 nursery.start_soon(_return_freed_memory)
                 await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_connections * 2)
                 nursery.cancel_scope.cancel()
@@ -101,14 +110,23 @@ async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, starte
             pyfuse3.close(unmount=True)
 
 
-async def _ready_when_answering(cfg: MountConfig, ready_fd: int | None, started: float) -> None:
+async def _ready_when_answering(cfg: MountConfig, ready_fd: int | None, started: float,
+                                check: concurrent.futures.Future | None) -> None:
     # Abandoned if cancelled: once the FUSE loop stops (a signal right after mounting), a stat of
     # the mountpoint only returns when the mount is gone, and must not hold up the shutdown.
     st = await trio.to_thread.run_sync(os.stat, cfg.mountpoint, abandon_on_cancel=True)
     _raise_readahead(st.st_dev)
+    status = f"IDC version {cfg.selection.idc_version} mounted at {cfg.mountpoint}"
+    # The endpoint check ran while the mount was made; it is bounded to a few seconds.
+    problem = await AsyncioBridge.wait(check) if check is not None else None
+    if problem:
+        warning = f"{problem}; mounted anyway (what the cache holds is served)"
+        log.warning("%s", warning)
+        _warn_starter(ready_fd, warning)
+        status += f"; endpoint: {problem}"
     log.info("mounted %s in %.2f s", cfg.mountpoint, time.monotonic() - started)
     _announce(ready_fd, "ready")
-    sd_notify(f"READY=1\nSTATUS=IDC version {cfg.selection.idc_version} mounted at {cfg.mountpoint}")
+    sd_notify(f"READY=1\nSTATUS={status}")
 
 
 def _raise_readahead(device: int) -> None:
@@ -179,8 +197,12 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
 
     bridge = AsyncioBridge()
     bridge.start()
-    source = ObjectSource(cfg.endpoint_url, cfg.max_connections)
+    source = ObjectSource(cfg.endpoint_url, cfg.max_connections, cfg.ca_bundle)
     bridge.call(source.start())
+    check = None
+    if tree.rows:  # one cheap request, while the mount is made: is the endpoint there?
+        first = tree.series(0)
+        check = bridge.submit(source.check(first.bucket, first.prefix))
     listings = Listings(lambda ref: bridge.run(source.list_series(ref.bucket, ref.prefix)),
                         cfg.cache_dir)
     disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
@@ -200,6 +222,9 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
 
     def stats() -> dict:
         return {**cache.stats, "listings_fetched": listings.fetched, "errors": ops.errors,
+                "endpoint": source.where, "endpoint_health": source.health.as_dict(),
+                "hedged_requests": source.hedging.hedged, "handler_errors": ops.unexpected,
+                "disk_write_failures": cache.writer.failed,
                 "disk_cache_bytes": disk.used, "disk_cache_limit": disk.limit,
                 "disk_cache_blocks": disk.count, "damaged_blocks_refetched": disk.corrupt,
                 "disk_write_errors": disk.write_errors,
@@ -213,7 +238,7 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
     # and again while requests allocate (~4 % of the CPU of fetching a series, perf).
     gc.freeze()
     try:
-        trio.run(_serve, cfg, ops, ready_fd, started)
+        trio.run(_serve, cfg, ops, ready_fd, started, check)
     except MountFailed as exc:
         log.error("%s", exc)
         _announce(ready_fd, str(exc))

@@ -9,29 +9,32 @@ attribute timeouts, keep_cache) so that repeated lookups and reads never reach t
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-import cachetools
 import pyfuse3
 import trio
 
 from . import about, naming
-from .cache import BLOCK_SIZE, ObjectRef
+from .objects import BLOCK_SIZE, ObjectRef
 from .listings import Listings
 from .naming import NAME_MAX
 from .prefetch import Reader, Stream
-from .source import SourceError
+from .errors import SourceError
 from .tree import FILE, ROOT, Listing, Node, SeriesRef, Tree
 
 log = logging.getLogger(__name__)
 
 IMMUTABLE_TIMEOUT = 24 * 3600.0
 XATTR_PREFIX = "user.idc."
-# After a failed readahead request the kernel at once asks again for the page being read; for this
-# long, a read inside a range that just failed fails at once instead of taking a second budget.
+# After a failed readahead request the kernel at once asks again, on the same open file, for the
+# page being read; for this long, a read of that file inside the range that just failed fails at
+# once instead of taking a second budget. A new open tries again.
 FAILED_READ_MEMORY = 1.0
 ABOUT_INODE = 0x7E << 56  # above any layout level's depth (tree.FILE is 0x7F)
 
@@ -46,7 +49,9 @@ class FailureLog:
         self._in_window = 0
         self._suppressed = 0
 
-    def log(self, exc: Exception) -> None:
+    def log(self, exc: Exception, unexpected: str | None = None) -> None:
+        """Log a failed request with its cause; unexpected names what failed for a reason
+        nobody foresaw, logged with its traceback."""
         now = time.monotonic()
         if now - self._window_start >= self.period:
             if self._suppressed:
@@ -55,9 +60,36 @@ class FailureLog:
             self._window_start, self._in_window, self._suppressed = now, 0, 0
         if self._in_window < self.burst:
             self._in_window += 1
-            log.error("%s", exc)
+            if unexpected:
+                log.error("%s: %s: %s", unexpected, type(exc).__name__, exc, exc_info=exc)
+            else:
+                log.error("%s", exc)
         else:
             self._suppressed += 1
+
+
+H = TypeVar("H")
+
+
+def handler(method: Callable[..., Awaitable[H]]) -> Callable[..., Awaitable[H]]:
+    """The error boundary of one FUSE handler. pyfuse3 lets a handler raise only FUSEError:
+    anything else ends pyfuse3.main() and leaves every user of the mount with "Transport
+    endpoint is not connected". So any other exception, a bug or an answer nobody foresaw,
+    becomes EIO for this request, is logged with its traceback, and the mount serves on."""
+
+    @functools.wraps(method)
+    async def guarded(self: Operations, *args):
+        try:
+            return await method(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            self.errors += 1
+            self.unexpected += 1
+            self._failures.log(exc, f"{method.__name__} failed unexpectedly")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded
 
 
 class Operations(pyfuse3.Operations):
@@ -76,11 +108,11 @@ class Operations(pyfuse3.Operations):
         self.reader = reader
         self.about = info
         self.errors = 0
+        self.unexpected = 0
         self.uid, self.gid = owner if owner is not None else (os.getuid(), os.getgid())
         self.umask = umask
         self.budget = budget
         self._failures = FailureLog()
-        self._failed_reads: cachetools.TTLCache = cachetools.TTLCache(4096, FAILED_READ_MEMORY)
         self._open: dict[int, Stream | bytes] = {}
         self._next_fh = 1
 
@@ -184,6 +216,7 @@ class Operations(pyfuse3.Operations):
 
     # -- namespace --------------------------------------------------------------------------
 
+    @handler
     async def lookup(self, parent_inode, name, ctx=None):
         if len(name) > NAME_MAX:  # FUSE passes names up to 1024 bytes; none can exist here
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
@@ -208,6 +241,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attributes(child)
 
+    @handler
     async def getattr(self, inode, ctx=None):
         if self._about_name(inode) is not None:
             return self._about_attributes(inode)
@@ -217,9 +251,11 @@ class Operations(pyfuse3.Operations):
             return self._attributes(node, listing.sizes[node.file])
         return self._attributes(node)
 
+    @handler
     async def forget(self, inode_list):
         """Inodes are derived from positions, so there is nothing to free."""
 
+    @handler
     async def opendir(self, inode, ctx):
         if self._about_name(inode) == "":
             return inode
@@ -227,6 +263,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
+    @handler
     async def readdir(self, fh, start_id, token):
         if self._about_name(fh) == "":
             for i in range(start_id, len(about.FILES)):
@@ -262,9 +299,11 @@ class Operations(pyfuse3.Operations):
         _, listing = await self._file_listing(node)
         return self.tree.metadata(node, listing.names[node.file])
 
+    @handler
     async def listxattr(self, inode, ctx):
         return [f"{XATTR_PREFIX}{key}".encode() for key in await self._metadata(inode)]
 
+    @handler
     async def getxattr(self, inode, name, ctx):
         key = name.decode(errors="replace").removeprefix(XATTR_PREFIX)
         value = (await self._metadata(inode)).get(key) if name.startswith(XATTR_PREFIX.encode()) else None
@@ -272,9 +311,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value.encode()
 
+    @handler
     async def releasedir(self, fh):
         """Directory handles are inode numbers; nothing to release."""
 
+    @handler
     async def statfs(self, ctx):
         meta = self.tree.files.meta
         st = pyfuse3.StatvfsData()
@@ -288,6 +329,7 @@ class Operations(pyfuse3.Operations):
 
     # -- reading ----------------------------------------------------------------------------
 
+    @handler
     async def open(self, inode, flags, ctx):
         name = self._about_name(inode)
         node = None if name else self._node(inode)
@@ -313,27 +355,28 @@ class Operations(pyfuse3.Operations):
         self._open[fh] = opened
         return fh
 
+    @handler
     async def read(self, fh, off, size):
         stream = self._open.get(fh)
         if stream is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         if isinstance(stream, bytes):
             return stream[off:off + size]
-        key = (stream.obj.bucket, stream.obj.key)
-        failed = self._failed_reads.get(key)
-        if failed is not None and failed[0] < off + size and off < failed[1]:
+        if stream.failed_recently(off, size, FAILED_READ_MEMORY):
             self.errors += 1
             raise pyfuse3.FUSEError(errno.EIO)
         try:
             return await self._within_budget(self.reader.read(stream, off, size),
                                              f"reading {stream.obj.key} at {off}")
         except pyfuse3.FUSEError:
-            self._failed_reads[key] = (off, off + size)
+            stream.remember_failure(off, size)
             raise
 
+    @handler
     async def release(self, fh):
         self._open.pop(fh, None)
 
+    @handler
     async def access(self, inode, mode, ctx):
         if self._about_name(inode) is None:
             self._node(inode)

@@ -18,6 +18,7 @@ from pathlib import Path
 import cachetools
 import trio
 
+from .singleflight import SingleFlight
 from .tree import Listing, SeriesRef
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class Listings:
         self._memory: cachetools.LRUCache = cachetools.LRUCache(
             maxsize=max_entries, getsizeof=lambda listing: max(1, len(listing.names))
         )
-        self._pending: dict[SeriesRef, trio.Event] = {}
+        self._flight: SingleFlight[SeriesRef] = SingleFlight()
         self.fetched = 0
 
     def cached(self, ref: SeriesRef) -> Listing | None:
@@ -43,24 +44,19 @@ class Listings:
 
     async def get(self, ref: SeriesRef) -> Listing:
         """The listing of a series folder; concurrent callers for one series share one request."""
-        while (listing := self._memory.get(ref)) is None and ref in self._pending:
-            await self._pending[ref].wait()
-        if listing is not None:
-            return listing
-        self._pending[ref] = trio.Event()
-        try:
-            listing = await trio.to_thread.run_sync(self._load, ref)
-            if listing is None:
-                entries = sorted(await self._fetch(ref))
-                self.fetched += 1
-                listing = Listing(tuple(e[0] for e in entries), tuple(e[1] for e in entries),
-                                  tuple(e[2] if len(e) > 2 else "" for e in entries))
-                await trio.to_thread.run_sync(self._save, ref, listing)
-            if len(listing.names) <= self._memory.maxsize:
-                self._memory[ref] = listing
-            return listing
-        finally:
-            self._pending.pop(ref).set()
+        return await self._flight.get(ref, lambda: self._memory.get(ref), lambda: self._get(ref))
+
+    async def _get(self, ref: SeriesRef) -> Listing:
+        listing = await trio.to_thread.run_sync(self._load, ref)
+        if listing is None:
+            entries = sorted(await self._fetch(ref))
+            self.fetched += 1
+            listing = Listing(tuple(e[0] for e in entries), tuple(e[1] for e in entries),
+                              tuple(e[2] if len(e) > 2 else "" for e in entries))
+            await trio.to_thread.run_sync(self._save, ref, listing)
+        if len(listing.names) <= self._memory.maxsize:
+            self._memory[ref] = listing
+        return listing
 
     def _path(self, ref: SeriesRef) -> Path:
         return self._dir / ref.bucket / ref.uuid[:2] / f"{ref.uuid}.json"

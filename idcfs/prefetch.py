@@ -23,35 +23,55 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cachetools
 import trio
 
-from .cache import BlockCache, ObjectRef
-from .source import SourceError
+from .data_cache import BlockCache
+from .errors import SourceError
+from .objects import ObjectRef
 
 log = logging.getLogger(__name__)
 
-WHOLE_OBJECT_LIMIT = 8 << 20
-READAHEAD_START = 1 << 20
-READAHEAD_CAP = 64 << 20
-READAHEAD_CHUNK_BLOCKS = 8
-SEQUENTIAL_SLACK = 8 << 20
-SERIES_FIRST_AHEAD = 2
-SERIES_AHEAD_BYTES = 48 << 20
-IN_FLIGHT_BYTES = 64 << 20
+
+@dataclass(frozen=True)
+class Policy:
+    """How far ahead of readers to fetch (bytes unless named otherwise)."""
+
+    whole_object_limit: int = 8 << 20  # objects up to this size are fetched whole
+    readahead_start: int = 1 << 20  # a sequential reader's first window
+    readahead_cap: int = 64 << 20  # the window doubles up to this
+    readahead_chunk_blocks: int = 8  # blocks per readahead GET (and per disk file)
+    sequential_slack: int = 8 << 20  # a read this near the stream's end counts as sequential
+    series_first_ahead: int = 2  # files fetched ahead when the first file of a series opens
+    series_ahead_bytes: int = 48 << 20  # then this much ahead of the reader
+    in_flight_bytes: int = 64 << 20  # background fetches in flight, per mount
 
 
 @dataclass(slots=True)
 class Stream:
-    """One open file: where its last read ended and how far ahead to read."""
+    """One open file: where its last read ended, how far ahead to read, and the range whose
+    read failed last (and when)."""
 
     obj: ObjectRef
     next_offset: int = 0
     window: int = 0
     ahead_until: int = 0
+    failed: tuple[int, int, float] | None = None
+
+    def remember_failure(self, offset: int, size: int) -> None:
+        self.failed = (offset, offset + size, time.monotonic())
+
+    def failed_recently(self, offset: int, size: int, memory: float) -> bool:
+        """Whether a read of [offset, offset+size) overlaps the range that failed on this open
+        file less than memory seconds ago."""
+        if self.failed is None:
+            return False
+        start, end, when = self.failed
+        return time.monotonic() - when < memory and start < offset + size and offset < end
 
 
 @dataclass(slots=True)
@@ -90,12 +110,11 @@ class _InFlight:
 class Reader:
     """Demand reads through the block cache, with readahead and series prefetch in background."""
 
-    def __init__(self, cache: BlockCache, concurrency: int = 32,
-                 in_flight_bytes: int = IN_FLIGHT_BYTES) -> None:
+    def __init__(self, cache: BlockCache, concurrency: int = 32, policy: Policy = Policy()) -> None:
         self.cache = cache
         self.concurrency = concurrency
-        self.in_flight_bytes = in_flight_bytes
-        self._in_flight = _InFlight(concurrency, max(1, in_flight_bytes // cache.block_size))
+        self.policy = policy
+        self._in_flight = _InFlight(concurrency, max(1, policy.in_flight_bytes // cache.block_size))
         self._series: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         self._send, self._receive = trio.open_memory_channel(math.inf)
         self._nursery: trio.Nursery | None = None
@@ -114,7 +133,7 @@ class Reader:
 
     async def read(self, stream: Stream, offset: int, size: int) -> bytes:
         obj = stream.obj
-        if obj.size <= WHOLE_OBJECT_LIMIT:
+        if obj.size <= self.policy.whole_object_limit:
             bs = self.cache.block_size
             needed = range(offset // bs, (min(obj.size, offset + size) - 1) // bs + 1)
             if not all(self.cache.cached_in_memory(obj, i) for i in needed):
@@ -128,7 +147,7 @@ class Reader:
         what is already coming, ask for the next window (in parallel chunks) and double it."""
         # The kernel's own readahead keeps several requests in flight, and they may arrive out
         # of order: a read near where the stream is counts as sequential, a far one as random.
-        sequential = stream.next_offset > 0 and abs(offset - stream.next_offset) <= SEQUENTIAL_SLACK
+        sequential = stream.next_offset > 0 and abs(offset - stream.next_offset) <= self.policy.sequential_slack
         stream.next_offset = max(stream.next_offset, offset + size) if sequential else offset + size
         if not sequential or self._nursery is None:
             stream.window = stream.ahead_until = 0
@@ -136,15 +155,16 @@ class Reader:
         bs = self.cache.block_size
         reading = (stream.next_offset - 1) // bs
         if not stream.window:
-            stream.window, stream.ahead_until = READAHEAD_START, reading + 1
+            stream.window, stream.ahead_until = self.policy.readahead_start, reading + 1
         if (stream.ahead_until - reading - 1) * bs > stream.window // 2:
             return
         first = max(stream.ahead_until, reading + 1)
         last = min(stream.obj.blocks(bs), first + max(1, stream.window // bs))
-        for start in range(first, last, READAHEAD_CHUNK_BLOCKS):
-            self._prefetch(stream.obj, start, min(last, start + READAHEAD_CHUNK_BLOCKS) - 1)
+        chunk = self.policy.readahead_chunk_blocks
+        for start in range(first, last, chunk):
+            self._prefetch(stream.obj, start, min(last, start + chunk) - 1)
         stream.ahead_until = max(stream.ahead_until, last)
-        stream.window = min(READAHEAD_CAP, stream.window * 2)
+        stream.window = min(self.policy.readahead_cap, stream.window * 2)
 
     def opened(self, series: object, position: int, sizes: Sequence[int],
                object_at: Callable[[int], ObjectRef]) -> None:
@@ -160,16 +180,16 @@ class Reader:
             state = self._series[series] = _SeriesState()
         state.opened.add(position)
         count = len(sizes)
-        limit = position + 1 + SERIES_FIRST_AHEAD
+        limit = position + 1 + self.policy.series_first_ahead
         if len(state.opened) > 1:
-            limit, budget = position + 1, SERIES_AHEAD_BYTES
+            limit, budget = position + 1, self.policy.series_ahead_bytes
             while limit < count and budget > 0:
                 budget -= sizes[limit]
                 limit += 1
         start = max(state.scheduled_until, position + 1)
         for i in range(start, min(limit, count)):
             obj = object_at(i)
-            if obj.size <= WHOLE_OBJECT_LIMIT:
+            if obj.size <= self.policy.whole_object_limit:
                 self._prefetch(obj, 0, obj.blocks(self.cache.block_size) - 1, claim_now=False)
         state.scheduled_until = max(state.scheduled_until, min(limit, count))
 
@@ -191,8 +211,12 @@ class Reader:
                 async with self._in_flight.take(len(claimed)):
                     # Checked while holding a share of the in-flight bound, so that everything
                     # in flight has room in the write queue when it lands.
-                    await self.cache.pace_to_disk(self.in_flight_bytes)
+                    await self.cache.pace_to_disk(self.policy.in_flight_bytes)
                     await self.cache.fill(obj, claimed)
                 self.cache.stats["prefetched_blocks"] += len(claimed)
             except SourceError as exc:
                 log.debug("prefetch failed (a reader will retry): %s", exc)
+            except Exception:  # noqa: BLE001 - a worker that died would stop all prefetching
+                self.cache.stats["prefetch_errors"] += 1
+                log.exception("prefetch of s3://%s/%s failed unexpectedly (a reader will retry)",
+                              obj.bucket, obj.key)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a local S3 server with IDC-shaped sample data, and real idcfs mounts."""
+"""Shared fixtures: local S3 servers with IDC-shaped sample data (over HTTPS with a test CA, as
+real endpoints are), and real idcfs mounts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,12 +23,57 @@ from idcfs.mounts import is_mounted  # noqa: E402,F401 - shared with the tests
 IDCFS = [sys.executable, "-m", "idcfs"]
 
 
+class Endpoint(str):
+    """An endpoint's URL, and the CA bundle that vouches for it when it speaks HTTPS."""
+
+    ca_bundle: Path | None = None
+
+    def __new__(cls, url: str, ca_bundle: Path | None = None) -> Endpoint:
+        endpoint = super().__new__(cls, url)
+        endpoint.ca_bundle = ca_bundle
+        return endpoint
+
+
+@dataclass(frozen=True)
+class CertAuthority:
+    """A certificate authority of the tests' own, and a server certificate it issued for
+    127.0.0.1 and localhost."""
+
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+
+    @property
+    def server(self) -> tuple[Path, Path]:
+        return self.cert_pem, self.key_pem
+
+
+def make_ca(directory: Path, name: str) -> CertAuthority:
+    import trustme
+
+    ca = trustme.CA(organization_name=name)
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    directory.mkdir(parents=True, exist_ok=True)
+    found = CertAuthority(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    ca.cert_pem.write_to_path(str(found.ca_pem))
+    issued.private_key_pem.write_to_path(str(found.key_pem))
+    found.cert_pem.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    return found
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    return make_ca(tmp_path_factory.mktemp("tls"), "idcfs test CA")
+
+
 @contextmanager
-def _until_done(server: subprocess.Popen, port: int) -> Iterator[str]:
+def _until_done(server: subprocess.Popen, port: int,
+                ca: CertAuthority | None = None) -> Iterator[Endpoint]:
     """The URL of a server process listening on port; the process is stopped however the
     caller ends."""
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield (Endpoint(f"https://127.0.0.1:{port}", ca.ca_pem) if ca
+               else Endpoint(f"http://127.0.0.1:{port}"))
     finally:
         server.terminate()
         server.wait(10)
@@ -118,16 +165,19 @@ def force_unmount(path: Path) -> None:
 
 
 @contextmanager
-def mounted(sample: sample_data.Sample, mountpoint: Path, cache_dir: Path, *extra: str,
-            endpoint: str) -> Iterator[Path]:
-    """idcfs mounted in the background with the sample index, unmounted however the test ends."""
+def mounting(sample: sample_data.Sample, mountpoint: Path, cache_dir: Path, *extra: str,
+             endpoint: str, env: dict | None = None
+             ) -> Iterator[tuple[subprocess.CompletedProcess, Path]]:
+    """`idcfs mount` in the background with the sample index: what the command answered, and
+    the mountpoint, unmounted however the test ends. An HTTPS endpoint's CA is given with
+    --ca-bundle."""
     mountpoint.mkdir(parents=True, exist_ok=True)
+    ca = getattr(endpoint, "ca_bundle", None)
     proc = run_idcfs("mount", str(mountpoint), "--index", str(sample.index_dir),
-                     "--endpoint-url", endpoint, "--cache-dir", str(cache_dir), *extra)
+                     "--endpoint-url", endpoint, "--cache-dir", str(cache_dir),
+                     *(["--ca-bundle", str(ca)] if ca else []), *extra, env=env)
     try:
-        assert proc.returncode == 0, proc.stderr
-        assert is_mounted(mountpoint)
-        yield mountpoint
+        yield proc, mountpoint
     finally:
         if is_mounted(mountpoint):
             run_idcfs("umount", str(mountpoint))
@@ -137,28 +187,52 @@ def mounted(sample: sample_data.Sample, mountpoint: Path, cache_dir: Path, *extr
         force_unmount(mountpoint)
 
 
+@contextmanager
+def mounted(sample: sample_data.Sample, mountpoint: Path, cache_dir: Path, *extra: str,
+            endpoint: str, env: dict | None = None) -> Iterator[Path]:
+    """idcfs mounted as `mounting` does it, the command having succeeded."""
+    with mounting(sample, mountpoint, cache_dir, *extra, endpoint=endpoint, env=env) as (proc, mnt):
+        assert proc.returncode == 0, proc.stderr
+        assert is_mounted(mnt)
+        yield mnt
+
+
 @pytest.fixture(scope="module")
-def mount(sample: sample_data.Sample, s3_endpoint: str,
+def mount(sample: sample_data.Sample, fast_s3: Endpoint,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("mount")
-    with mounted(sample, base / "mnt", base / "cache", endpoint=s3_endpoint) as mnt:
+    with mounted(sample, base / "mnt", base / "cache", endpoint=fast_s3) as mnt:
         yield mnt
 
 
 @contextmanager
-def serving(root: Path) -> Iterator[str]:
-    """The counting read-only S3 server (tests/s3server.py) serving root/<bucket>/<key>: its URL,
-    stopped however the caller ends."""
+def serving(root: Path, ca: CertAuthority | None = None, gcs: bool = False) -> Iterator[Endpoint]:
+    """The counting read-only S3 server (tests/s3server.py) serving root/<bucket>/<key>, over
+    HTTPS with a certificate of ca: its URL, stopped however the caller ends."""
     port = sample_data.free_port()
-    with _until_done(s3server.start(root, port), port) as endpoint:
+    with _until_done(s3server.start(root, port, ca.server if ca else None, gcs), port,
+                     ca) as endpoint:
         yield endpoint
 
 
 @pytest.fixture(scope="session")
-def fast_s3(sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The sample's objects behind the counting read-only S3 server."""
+def sample_tree(sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample's objects, AWS and GCS buckets, laid out for tests/s3server.py."""
     root = tmp_path_factory.mktemp("fast-s3")
-    s3server.write_tree(root, sample.objects)
-    with serving(root) as endpoint:
+    s3server.write_tree(root, {**sample.objects, **sample.gcs_objects})
+    return root
+
+
+@pytest.fixture(scope="session")
+def fast_s3(sample_tree: Path, test_ca: CertAuthority) -> Iterator[Endpoint]:
+    """The sample's objects behind the counting read-only S3 server, over HTTPS."""
+    with serving(sample_tree, test_ca) as endpoint:
         yield endpoint
 
+
+
+@pytest.fixture(scope="session")
+def gcs_s3(sample_tree: Path, test_ca: CertAuthority) -> Iterator[Endpoint]:
+    """The same objects behind an endpoint that answers as GCS's XML API does."""
+    with serving(sample_tree, test_ca, gcs=True) as endpoint:
+        yield endpoint

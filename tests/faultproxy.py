@@ -6,22 +6,37 @@ object GETs whose path contains `match`, for the next `count` requests (or all, 
 * `status`   answer 503 SlowDown (or `code`) instead of the object;
 * `reset`    drop the connection without an answer;
 * `stall`    send the headers and half the body, then nothing, until the client gives up;
+* `silent`   send the headers, then nothing;
 * `truncate` promise the full Content-Length, send half the body, close;
-* `flip`     send a body of the right length with one byte changed.
+* `flip`     send a body of the right length with one byte changed;
+* `garbage`  (listings, with `"listing": true`) a listing whose `field` is garbage: `Size` not a
+  number, a `Key` outside the prefix, or `IsTruncated` true without a continuation token.
 
-    python tests/faultproxy.py LISTEN_PORT UPSTREAM_URL
+It speaks HTTPS on both sides when given a certificate and the CA that vouches for upstream.
+
+    python tests/faultproxy.py LISTEN_PORT UPSTREAM_URL [CERT KEY CA]
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 import sys
 
 import aiohttp
 from aiohttp import web
 
 
-def make_app(upstream: str) -> web.Application:
+GARBAGE = {
+    "Size": lambda xml: re.sub(r"<Size>\d+</Size>", "<Size>lots</Size>", xml, count=1),
+    "Key": lambda xml: re.sub(r"<Key>[^<]*</Key>", "<Key>elsewhere/x.dcm</Key>", xml, count=1),
+    "IsTruncated": lambda xml: re.sub(r"<IsTruncated>false</IsTruncated>",
+                                      "<IsTruncated>true</IsTruncated>", xml),
+}
+
+
+def make_app(upstream: str, upstream_ca: str | None = None) -> web.Application:
     faults: dict = {}
     session: dict = {}
 
@@ -34,7 +49,9 @@ def make_app(upstream: str) -> web.Application:
         return web.json_response(faults)
 
     def fault_for(request: web.Request) -> str | None:
-        if not faults or request.method != "GET" or request.query:
+        if not faults or request.method != "GET":
+            return None
+        if bool(request.query) != bool(faults.get("listing")):
             return None
         if faults.get("match", "") not in request.path or faults.get("count", -1) == 0:
             return None
@@ -54,24 +71,29 @@ def make_app(upstream: str) -> web.Application:
             return web.Response(status=500)
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("range",)}
         if "client" not in session:
-            session["client"] = aiohttp.ClientSession(auto_decompress=False)
+            trust = ssl.create_default_context(cafile=upstream_ca) if upstream_ca else None
+            session["client"] = aiohttp.ClientSession(
+                auto_decompress=False, connector=aiohttp.TCPConnector(ssl=trust or True))
         async with session["client"].request(request.method, upstream + request.path_qs,
                                              headers=headers) as up:
             body = await up.read()
             passed = {k: v for k, v in up.headers.items()
                       if k.lower() in ("content-type", "etag", "content-range", "last-modified",
                                        "accept-ranges")}
-            if mode in ("stall", "truncate"):
+            if mode in ("stall", "silent", "truncate"):
                 response = web.StreamResponse(status=up.status, headers=passed)
                 response.content_length = len(body)
                 await response.prepare(request)
-                await response.write(body[: len(body) // 2])
-                if mode == "stall":
+                if mode != "silent":
+                    await response.write(body[: len(body) // 2])
+                if mode in ("stall", "silent"):
                     await asyncio.sleep(3600)
                 request.transport.close()
                 return response
             if mode == "flip" and body:
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
+            if mode == "garbage":
+                body = GARBAGE[faults.get("field", "Size")](body.decode()).encode()
             return web.Response(status=up.status, body=body, headers=passed)
 
     app = web.Application()
@@ -81,5 +103,10 @@ def make_app(upstream: str) -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(sys.argv[2].rstrip("/")), host="127.0.0.1", port=int(sys.argv[1]),
-                print=None, access_log=None)
+    context, ca = None, None
+    if len(sys.argv) > 3:
+        cert, key, ca = sys.argv[3:6]
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+    web.run_app(make_app(sys.argv[2].rstrip("/"), ca), host="127.0.0.1", port=int(sys.argv[1]),
+                ssl_context=context, print=None, access_log=None)

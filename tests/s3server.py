@@ -7,17 +7,24 @@ and refuses every write. Anonymous access only, path-style addressing. It counts
 bytes its GETs were asked for, so tests and the benchmark can tell how many GETs and bytes a
 workload caused: GET /_stats (JSON), POST /_stats/reset.
 
-    python tests/s3server.py ROOT [--port N] [--workers N]
+It serves HTTPS with --cert and --key, as real endpoints do. With --gcs it answers as Google
+Cloud Storage's XML API does: listings in GCS's namespace, and on every GET, ranged or not, the
+whole object's checksums (`x-goog-hash: crc32c=...,md5=...` and `x-amz-checksum-crc32c`), which
+a client validating them against a range's bytes must not do.
+
+    python tests/s3server.py ROOT [--port N] [--cert PEM --key PEM] [--gcs]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import bisect
 import hashlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -31,6 +38,7 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 _XMLNS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+_GCS_XMLNS = 'xmlns="http://doc.s3.amazonaws.com/2006-03-01"'
 
 
 def _error(status: int, code: str, message: str, resource: str = "") -> web.Response:
@@ -59,6 +67,8 @@ class Store:
                     self.sizes[(bucket, key)] = (st.st_size, st.st_mtime)
             self.keys[bucket] = sorted(keys)
 
+        self._crc32c: dict[tuple[str, str], int] = {}
+
     def etag(self, bucket: str, key: str) -> str:
         """The content's MD5, as S3 gives it for objects uploaded in one part (computed once)."""
         if (bucket, key) not in self._etags:
@@ -69,6 +79,21 @@ class Store:
             self._etags[(bucket, key)] = f'"{digest.hexdigest()}"'
         return self._etags[(bucket, key)]
 
+    def gcs_hashes(self, bucket: str, key: str) -> dict[str, str]:
+        """The whole object's checksums as GCS sends them with every GET, ranged or not."""
+        from awscrt.checksums import crc32c  # the test suite's own dependency (boto3[crt])
+
+        if (bucket, key) not in self._crc32c:
+            crc = 0
+            with open(self.root / bucket / key, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    crc = crc32c(chunk, crc)
+            self._crc32c[(bucket, key)] = crc
+        crc = base64.b64encode(self._crc32c[(bucket, key)].to_bytes(4, "big")).decode()
+        md5 = base64.b64encode(bytes.fromhex(self.etag(bucket, key).strip('"'))).decode()
+        return {"x-goog-hash": f"crc32c={crc},md5={md5}", "x-amz-checksum-crc32c": crc,
+                "x-goog-stored-content-length": str(self.sizes[(bucket, key)][0])}
+
 
 def _contents(store: Store, bucket: str, key: str) -> str:
     size, mtime = store.sizes[(bucket, key)]
@@ -78,7 +103,7 @@ def _contents(store: Store, bucket: str, key: str) -> str:
             f"<StorageClass>STANDARD</StorageClass></Contents>")
 
 
-def _list(store: Store, bucket: str, query, v2: bool) -> web.Response:
+def _list(store: Store, bucket: str, query, v2: bool, xmlns: str) -> web.Response:
     keys = store.keys[bucket]
     prefix = query.get("prefix", "")
     delimiter = query.get("delimiter", "")
@@ -101,7 +126,7 @@ def _list(store: Store, bucket: str, query, v2: bool) -> web.Response:
         contents.append(key)
         last = key
         i += 1
-    parts = [f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult {_XMLNS}>',
+    parts = [f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult {xmlns}>',
              f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix>",
              f"<MaxKeys>{max_keys}</MaxKeys><IsTruncated>{str(truncated).lower()}</IsTruncated>"]
     if delimiter:
@@ -120,7 +145,7 @@ def _list(store: Store, bucket: str, query, v2: bool) -> web.Response:
     return web.Response(body="".join(parts).encode(), content_type="application/xml")
 
 
-def make_app(root: Path) -> web.Application:
+def make_app(root: Path, gcs: bool = False) -> web.Application:
     store = Store(root)
     counts: Counter = Counter()
 
@@ -150,7 +175,7 @@ def make_app(root: Path) -> web.Application:
                                 content_type="application/xml")
         v2 = request.query.get("list-type") == "2"
         counts["LIST"] += 1
-        return _list(store, name, request.query, v2)
+        return _list(store, name, request.query, v2, _GCS_XMLNS if gcs else _XMLNS)
 
     async def obj(request: web.Request) -> web.StreamResponse:
         name, key = request.match_info["bucket"], request.match_info["key"]
@@ -163,9 +188,14 @@ def make_app(root: Path) -> web.Application:
                 return web.Response(status=404)
             return _error(404, "NoSuchKey", "The specified key does not exist.", f"{name}/{key}")
         counts[request.method] += 1
+        counts[f"{request.method} {name}/{key}"] += 1
+        if "x-amz-checksum-mode" in request.headers:  # flexible checksums asked for
+            counts["checksum_mode"] += 1
         size, mtime = store.sizes[(name, key)]
         headers = {"ETag": store.etag(name, key), "Last-Modified": formatdate(mtime, usegmt=True),
                    "Accept-Ranges": "bytes", "Content-Type": "application/dicom"}
+        if gcs:
+            headers.update(store.gcs_hashes(name, key))
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(size)})
         wanted = request.http_range
@@ -202,17 +232,22 @@ def start_listening(command: list[str], port: int, name: str) -> subprocess.Pope
     raise RuntimeError(f"{name} did not start in 30 s")
 
 
-def start(root: Path, port: int) -> subprocess.Popen:
-    """This server as a child process on 127.0.0.1:port, ready to answer."""
-    return start_listening([sys.executable, __file__, str(root), "--port", str(port)], port,
-                           "s3server")
+def start(root: Path, port: int, tls: tuple[Path, Path] | None = None,
+          gcs: bool = False) -> subprocess.Popen:
+    """This server as a child process on 127.0.0.1:port, ready to answer; HTTPS with tls
+    (certificate chain, key), answering as GCS does with gcs."""
+    command = [sys.executable, __file__, str(root), "--port", str(port)]
+    if tls:
+        command += ["--cert", str(tls[0]), "--key", str(tls[1])]
+    return start_listening(command + ["--gcs"] * gcs, port, "s3server")
 
 
 def counts(endpoint: str, reset: bool = False) -> dict[str, int]:
-    """What the server has answered since the last reset (GET, HEAD, LIST, and GET_bytes: the
-    bytes its GETs asked for), optionally resetting the counts."""
+    """What the server has answered since the last reset (GET, HEAD, LIST, "GET bucket/key" per
+    object, and GET_bytes: the bytes its GETs asked for), optionally resetting the counts. Our own test server on loopback:
+    its certificate is not what this checks."""
     request = urllib.request.Request(f"{endpoint}/_stats", method="POST" if reset else "GET")
-    with urllib.request.urlopen(request) as response:
+    with urllib.request.urlopen(request, context=ssl._create_unverified_context()) as response:
         return json.load(response)
 
 
@@ -229,13 +264,22 @@ def main() -> int:
     parser.add_argument("root", type=Path)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--cert", type=Path, help="serve HTTPS with this certificate chain")
+    parser.add_argument("--key", type=Path, help="the certificate's private key")
+    parser.add_argument("--gcs", action="store_true", help="answer as GCS's XML API does")
     args = parser.parse_args()
+    context = None
+    if args.cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.cert, args.key)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
-    print(f"serving {args.root} on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr,
-          flush=True)
-    web.run_app(make_app(args.root), sock=sock, print=None, access_log=None)
+    scheme = "https" if context else "http"
+    print(f"serving {args.root} on {scheme}://{args.host}:{sock.getsockname()[1]}",
+          file=sys.stderr, flush=True)
+    web.run_app(make_app(args.root, args.gcs), sock=sock, ssl_context=context, print=None,
+                access_log=None)
     return 0
 
 

@@ -55,6 +55,7 @@ class Sample:
     rows: list[dict]
     objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
     prior: list[dict] = field(default_factory=list)
+    gcs_objects: dict[tuple[str, str], bytes] = field(default_factory=dict)
 
     def series_objects(self, row: dict) -> dict[str, bytes]:
         prefix = f"{row['crdc_series_uuid']}/"
@@ -222,7 +223,7 @@ def build_sample(endpoint: str, index_dir: Path) -> Sample:
     rows[2]["series_revised_idc_version"] = 25
     make_public_buckets(endpoint, BUCKETS + ("idc-open-idc1", "idc-open-cr", "public-datasets-idc"))
     sample = Sample(index_dir=index_dir, rows=rows, prior=_prior_rows(rows[2], rows[3]))
-    gcs_objects = {}
+    gcs_objects = sample.gcs_objects
     for i, row in enumerate(rows + sample.prior):
         count = BIG_SERIES_FILES if i == 1 else 2 if i >= len(rows) else 3
         files = _series_content(row, count, big=(i == 0))

@@ -6,16 +6,19 @@ import errno
 import fcntl
 import os
 import random
+import threading
 import time
 
 import pytest
 import trio
 
 from conftest import in_blocks
-from idcfs.cache import BlockCache, DiskBlocks, ObjectRef, clear
-from idcfs.source import SourceError
+from idcfs.data_cache import BlockCache, DiskBlocks, clear
+from idcfs.errors import SourceError
+from idcfs.objects import ObjectRef
 
 BS = 1024
+BLOCKS = "blocks.v2"  # the cache directory of the block format
 
 
 class CountingSource:
@@ -100,9 +103,9 @@ def test_blocks_survive_a_new_cache_and_serve_with_the_source_down(source, tmp_p
 def test_blocks_fetched_together_share_files_of_at_most_eight(source, tmp_path):
     cache = make(source, tmp_path)
     trio.run(cache.read, source.ref("big"), 0, 20 * BS)
-    files = sorted(p.name.split(".")[1] for p in (tmp_path / "blocks").glob("*/*"))
+    files = sorted(p.name.split(".")[1] for p in (tmp_path / BLOCKS).glob("*/*"))
     assert files == ["0+8", "8+3"]
-    assert cache.disk.used == sum(p.stat().st_size for p in (tmp_path / "blocks").glob("*/*"))
+    assert cache.disk.used == sum(p.stat().st_size for p in (tmp_path / BLOCKS).glob("*/*"))
 
 
 @pytest.mark.parametrize("scanned", [True, False], ids=["after_the_scan", "before_the_scan"])
@@ -119,7 +122,7 @@ def test_each_block_of_a_shared_file_reads_back_alone(source, tmp_path, scanned)
 
 def test_a_damaged_block_in_a_shared_file_is_fetched_again_not_served(source, tmp_path):
     trio.run(make(source, tmp_path).read, source.ref("big"), 0, 8 * BS)
-    (shared,) = (tmp_path / "blocks").glob("*/*+8")
+    (shared,) = (tmp_path / BLOCKS).glob("*/*+8")
     raw = bytearray(shared.read_bytes())
     raw[3 * 4096 + 7] ^= 0xFF  # in the fourth block's slot
     shared.write_bytes(bytes(raw))
@@ -152,32 +155,16 @@ def test_a_truncated_block_on_disk_is_fetched_again(source, tmp_path):
     assert fresh.disk.corrupt == 1
 
 
-def in_the_older_layout(source, tmp_path) -> None:
-    """Blocks of "big" cached one per file in two levels of directories, as idcfs used to."""
-    cache = make(source, tmp_path)
-    for i in range(11):
-        trio.run(cache.read, source.ref("big"), i * BS, 1)
-    for path in list((tmp_path / "blocks").glob("*/*")):
-        older = path.parent / path.name[2:4] / path.name
-        older.parent.mkdir(exist_ok=True)
-        path.rename(older)
-    source.down = True
-
-
-def test_blocks_of_the_older_two_level_layout_are_moved_and_served(source, tmp_path):
-    in_the_older_layout(source, tmp_path)
+@pytest.mark.parametrize("older", ["blocks", "blocks.v1"])
+def test_a_cache_of_an_older_format_is_removed_at_start_and_its_blocks_fetched_again(
+        source, tmp_path, older):
+    trio.run(make(source, tmp_path).read, source.ref("big"), 0, 20 * BS)
+    (tmp_path / BLOCKS).rename(tmp_path / older)
+    (tmp_path / "listings").mkdir()
     again = make(source, tmp_path)
     assert trio.run(again.read, source.ref("big"), 0, 20 * BS) == source.data["big"]
-    assert again.stats["disk_hits"] == 11 and again.disk.count == 11
-    assert not list((tmp_path / "blocks").glob("*/*/"))
-
-
-def test_blocks_of_the_older_layout_are_served_before_the_scan_moves_them(source, tmp_path):
-    in_the_older_layout(source, tmp_path)
-    again = DrainingCache(source, DiskBlocks(tmp_path, 1 << 30, block_size=BS), 1 << 20,
-                          block_size=BS)
-    assert trio.run(again.read, source.ref("big"), 0, 20 * BS) == source.data["big"]
-    assert again.stats["disk_hits"] == 11
+    assert not (tmp_path / older).exists() and (tmp_path / "listings").is_dir()
+    assert len(source.gets) == 2 and again.stats["disk_hits"] == 0
 
 
 def test_writing_blocks_makes_no_directories(source, tmp_path, monkeypatch):
@@ -215,7 +202,7 @@ def test_the_disk_cache_never_exceeds_its_bound_and_drops_the_oldest(source, tmp
     obj = source.ref("big")
     for i in range(8):
         trio.run(cache.read, obj, i * BS, 1)
-        on_disk = sum(p.stat().st_size for p in (tmp_path / "blocks").rglob("*") if p.is_file())
+        on_disk = sum(p.stat().st_size for p in (tmp_path / BLOCKS).rglob("*") if p.is_file())
         assert on_disk <= limit
     assert not cache.disk.path(obj, 0).exists() and cache.disk.path(obj, 7).exists()
 
@@ -226,7 +213,7 @@ def test_files_of_runs_never_exceed_the_bound_and_the_oldest_go_first(tmp_path):
     cache = make(source, tmp_path, limit=limit, memory=0)
     for i in range(5):
         trio.run(cache.read, source.ref(f"wsi{i}"), 0, 8 * BS)
-        files = [p for p in (tmp_path / "blocks").glob("*/*") if p.is_file()]
+        files = [p for p in (tmp_path / BLOCKS).glob("*/*") if p.is_file()]
         assert sum(p.stat().st_size for p in files) <= limit
     assert cache.disk.locate(source.ref("wsi4"), 0) and cache.disk.locate(source.ref("wsi3"), 7)
     assert not cache.disk.locate(source.ref("wsi2"), 0)
@@ -239,7 +226,7 @@ def test_memory_holds_at_most_its_bound(source, tmp_path):
 
 
 def test_an_unwritable_disk_still_serves_reads(source, tmp_path):
-    (tmp_path / "blocks").write_text("not a directory")
+    (tmp_path / BLOCKS).write_text("not a directory")
     cache = make(source, tmp_path)
     assert trio.run(cache.read, source.ref("big"), 0, 3 * BS) == source.data["big"][:3 * BS]
     assert cache.disk.write_errors > 0
@@ -255,8 +242,7 @@ def test_blocks_are_keyed_by_object_so_two_caches_share_them(source, tmp_path):
 def test_clear_empties_blocks(source, tmp_path):
     trio.run(make(source, tmp_path).read, source.ref("small"), 0, 300)
     clear(tmp_path)
-    assert not (tmp_path / "blocks").exists()
-    os.makedirs(tmp_path / "blocks")
+    assert not (tmp_path / BLOCKS).exists()
 
 
 def test_blocks_the_disk_cannot_keep_up_with_are_skipped_not_queued_without_bound(source, tmp_path):
@@ -267,7 +253,7 @@ def test_blocks_the_disk_cannot_keep_up_with_are_skipped_not_queued_without_boun
     assert trio.run(cache.read, source.ref("big"), 0, 3 * BS) == source.data["big"][:3 * BS]
     cache.writer.drain()
     assert cache.writer.skipped == 3
-    assert not any(p.is_file() for p in (tmp_path / "blocks").rglob("*"))
+    assert not any(p.is_file() for p in (tmp_path / BLOCKS).rglob("*"))
 
 
 def test_concurrent_writers_keep_the_accounting_equal_to_the_disk(tmp_path):
@@ -285,7 +271,7 @@ def test_concurrent_writers_keep_the_accounting_equal_to_the_disk(tmp_path):
         scan = pool.submit(disk.scan)
         list(pool.map(write, objs))
         scan.result()
-    on_disk = sum(p.stat().st_size for p in (tmp_path / "blocks").rglob("*") if p.is_file())
+    on_disk = sum(p.stat().st_size for p in (tmp_path / BLOCKS).rglob("*") if p.is_file())
     assert on_disk <= limit
     assert disk.used == on_disk
 
@@ -324,7 +310,7 @@ def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_reads_falls_back(
     monkeypatch.setattr(os, "preadv", _refusing_o_direct(os.preadv))
     assert disk.get(obj, 0, 70000) == data
     assert disk.get(obj, 0, 70000) == data  # and from then on without O_DIRECT
-    assert disk.corrupt == 0 and not disk._direct
+    assert disk.corrupt == 0 and not disk.io.direct
 
 
 def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_writes_falls_back(tmp_path,
@@ -336,8 +322,8 @@ def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_writes_falls_back
     for obj, data in blocks.items():  # the first refused, the second written buffered at once
         disk.put(obj, 0, data)
     assert all(disk.get(obj, 0, obj.size) == data for obj, data in blocks.items())
-    assert disk.write_errors == 0 and not disk._direct
-    assert not list((tmp_path / "blocks").glob("*/.tmp-*"))
+    assert disk.write_errors == 0 and not disk.io.direct
+    assert not list((tmp_path / BLOCKS).glob("*/.tmp-*"))
 
 
 def test_a_block_file_longer_than_its_block_is_damaged_not_read_short(tmp_path):
@@ -411,7 +397,7 @@ def test_blocks_of_any_size_are_written_and_read_exactly_with_or_without_o_direc
         assert disk.path(obj, 0).stat().st_size == size + 16  # the block and its trailer
         assert disk.get(obj, 0, size) == data
     assert disk.write_errors == 0
-    assert disk._direct is direct  # (the test directory is on a filesystem with O_DIRECT)
+    assert disk.io.direct is direct  # (the test directory is on a filesystem with O_DIRECT)
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "no_o_direct"])
@@ -428,4 +414,36 @@ def test_runs_of_blocks_ending_in_any_size_read_back_exactly_with_or_without_o_d
         got = disk.get_many(obj, {b: len(c) for b, c in enumerate(in_blocks(data, BS))})
         assert b"".join(got[b] for b in sorted(got)) == data and len(got) == 5
         assert disk.get(obj, 4, last) == data[4 * BS:]
-    assert disk.write_errors == 0 and disk._direct is direct
+    assert disk.write_errors == 0 and disk.io.direct is direct
+
+
+def test_lookups_do_not_wait_for_an_eviction_on_a_slow_disk(tmp_path, monkeypatch):
+    """known_absent, which the FUSE loop calls on every cold read, must not wait behind
+    unlinks: eviction holds no lock across them."""
+    disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
+    disk.scan()
+    objs = [ObjectRef("idc-open-data", f"k{i}", BS) for i in range(40)]
+    for obj in objs:
+        disk.put(obj, 0, os.urandom(BS))
+    real_unlink = os.unlink
+
+    def slow_unlink(path, *args, **kwargs):
+        time.sleep(0.05)
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", slow_unlink)
+    disk.limit = 2 * (BS + 16)
+    evicting = threading.Thread(target=disk.put, args=(objs[0], 1, os.urandom(BS)))
+    evicting.start()  # makes room: ~39 unlinks of 50 ms
+    time.sleep(0.1)
+    slowest = 0.0
+    while evicting.is_alive():
+        started = time.perf_counter()
+        disk.known_absent(objs[-1], 0)
+        assert disk.count >= 0 and disk.used >= 0
+        slowest = max(slowest, time.perf_counter() - started)
+        time.sleep(0.01)
+    evicting.join()
+    assert slowest < 0.02
+    on_disk = sum(p.stat().st_size for p in (tmp_path / BLOCKS).rglob("*") if p.is_file())
+    assert on_disk <= disk.limit and disk.used == on_disk

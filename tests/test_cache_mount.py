@@ -13,7 +13,8 @@ import pytest
 
 import s3server
 from conftest import daemon_pids, mounted, run_idcfs
-from idcfs.cache import BLOCK_SIZE, DiskBlocks, ObjectRef
+from idcfs.data_cache import DiskBlocks
+from idcfs.objects import BLOCK_SIZE, ObjectRef
 from test_mount import series_dir
 
 
@@ -101,7 +102,7 @@ def test_the_disk_cache_stays_within_its_bound(sample, fast_s3, tmp_path):
                 (r, item) for r in sample.rows for item in sample.series_objects(r).items()):
             assert (series_dir(mnt, row) / name).read_bytes() == data
             if i % 25 == 0 or len(data) > BLOCK_SIZE:
-                assert _settled_usage(tmp_path / "cache" / "blocks") <= bound
+                assert _settled_usage(tmp_path / "cache" / "blocks.v2") <= bound
 
 
 def test_reads_stay_exact_when_the_cache_disk_fills_up_and_it_is_said(sample, fast_s3, tmp_path,

@@ -3,6 +3,7 @@ failed read is remembered, against a fake object store that counts its requests.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 
@@ -11,12 +12,13 @@ import pytest
 import trio
 
 from conftest import in_blocks
-from idcfs.cache import BlockCache, ObjectRef
+from idcfs.data_cache import BlockCache
+from idcfs.objects import ObjectRef
 from idcfs.fs import FAILED_READ_MEMORY, Operations
 from idcfs.listings import Listings
 from idcfs.naming import NAME_MAX
 from idcfs.prefetch import Reader
-from idcfs.source import SourceError
+from idcfs.errors import SourceError
 from idcfs.tree import ROOT, SeriesRef
 from test_tree import ROWS, build_tree
 
@@ -122,3 +124,101 @@ def test_a_failed_read_fails_again_at_once_then_tries_the_store_again(ops, store
         assert await ops.read(fh, 0, 512) == content(0, 512)
     trio.run(scenario)
     assert ops.errors == 3
+
+
+def test_a_new_open_tries_the_store_again_at_once_after_a_failed_read(ops, store):
+    """The memory of a failure belongs to the open file it happened on: a user who opens the
+    file again right after the endpoint recovered gets the bytes."""
+    async def scenario() -> None:
+        inode = await file_inode(ops)
+        fh = (await ops.open(inode, os.O_RDONLY, None)).fh
+        store.failing = True
+        with pytest.raises(pyfuse3.FUSEError):
+            await ops.read(fh, 0, 2048)
+        store.failing = False
+        again = (await ops.open(inode, os.O_RDONLY, None)).fh
+        assert await ops.read(again, 0, 2048) == content(0, 2048)
+    trio.run(scenario)
+
+
+class Broken:
+    """A stand-in for one method of a layer: raises exc while broken, else calls the real one."""
+
+    def __init__(self, real, exc: Exception) -> None:
+        self.real, self.exc, self.broken = real, exc, True
+
+    def __call__(self, *args, **kwargs):
+        if self.broken:
+            raise self.exc
+        return self.real(*args, **kwargs)
+
+
+async def _lookup(ops):
+    return await path_inode(ops, b"nlst", b"100")
+
+
+async def _readdir(ops):
+    inode = await path_inode(ops, b"nlst")
+    names = []
+
+    def collect(token, name, attr, next_id):
+        names.append(name)
+        return True
+
+    original, pyfuse3.readdir_reply = pyfuse3.readdir_reply, collect
+    try:
+        await ops.readdir(await ops.opendir(inode, None), 0, None)
+    finally:
+        pyfuse3.readdir_reply = original
+    return names
+
+
+async def _open(ops):
+    return (await ops.open(await file_inode(ops), os.O_RDONLY, None)).fh
+
+
+async def _read(ops):
+    return await ops.read(await _open(ops), 0, 100)
+
+
+async def _getxattr(ops):
+    return await ops.getxattr(await path_inode(ops, b"nlst"), b"user.idc.collection_id", None)
+
+
+async def _statfs(ops):
+    return (await ops.statfs(None)).f_files
+
+
+# handler: (the call, which layer's method breaks)
+BREAKING = {
+    "lookup": (_lookup, lambda ops: (ops.tree, "lookup")),
+    "readdir": (_readdir, lambda ops: (ops.tree, "children")),
+    "open": (_open, lambda ops: (ops.reader, "opened")),
+    "read": (_read, lambda ops: (ops.reader, "read")),
+    "getxattr": (_getxattr, lambda ops: (ops.tree, "metadata")),
+    "statfs": (_statfs, lambda ops: (ops.tree.files.meta, "get")),
+}
+
+
+class Meta(dict):
+    """The tree's metadata, as an object whose get can be replaced."""
+
+
+@pytest.mark.parametrize("exc", [KeyError("row"), RuntimeError("a bug"), OSError(5, "disk")],
+                         ids=["KeyError", "RuntimeError", "OSError"])
+@pytest.mark.parametrize("handler", list(BREAKING))
+def test_an_unexpected_exception_in_any_layer_is_eio_logged_once_and_the_next_request_works(
+        ops, handler, exc, caplog):
+    call, where = BREAKING[handler]
+    ops.tree.files = dataclasses.replace(ops.tree.files, meta=Meta(ops.tree.files.meta))
+    layer, name = where(ops)
+    broken = Broken(getattr(layer, name), exc)
+    setattr(layer, name, broken)
+    with pytest.raises(pyfuse3.FUSEError) as err:
+        trio.run(call, ops)
+    assert err.value.errno == errno.EIO
+    failures = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert ops.unexpected == 1
+    broken.broken = False
+    assert trio.run(call, ops)  # the same request, now answered

@@ -98,9 +98,9 @@ def test_a_level_whose_escaped_names_exceed_255_bytes_is_refused(tmp_path, patie
             index.load(tmp_path / "index", tmp_path / "c", selection)
 
 
-def test_a_flat_mount_holds_every_file_in_its_root(sample, s3_endpoint, tmp_path):
+def test_a_flat_mount_holds_every_file_in_its_root(sample, fast_s3, tmp_path):
     with mounted(sample, tmp_path / "m", tmp_path / "c", "--layout", "flat", "--collection",
-                 sample.rows[2]["collection_id"], endpoint=s3_endpoint) as mnt:
+                 sample.rows[2]["collection_id"], endpoint=fast_s3) as mnt:
         rows = [r for r in sample.rows if r["collection_id"] == sample.rows[2]["collection_id"]]
         files = {n: d for r in rows for n, d in sample.series_objects(r).items()}
         assert sorted(os.listdir(mnt)) == sorted([*files, ".idcfs"])
@@ -108,13 +108,13 @@ def test_a_flat_mount_holds_every_file_in_its_root(sample, s3_endpoint, tmp_path
             assert (mnt / name).read_bytes() == data
 
 
-def test_a_merged_folder_lists_and_reads_the_files_of_all_its_series(sample, s3_endpoint, tmp_path):
+def test_a_merged_folder_lists_and_reads_the_files_of_all_its_series(sample, fast_s3, tmp_path):
     template = "%collection_id/%Modality"
     path, uuids = next((p, u) for p, u in expected(sample, template).items() if len(u) > 1)
     rows = [r for r in sample.rows if r["crdc_series_uuid"] in uuids]
     files = {n: d for r in rows for n, d in sample.series_objects(r).items()}
     with mounted(sample, tmp_path / "m", tmp_path / "c", "-o", f"layout={template}",
-                 endpoint=s3_endpoint) as mnt:
+                 endpoint=fast_s3) as mnt:
         folder = mnt.joinpath(*path)
         assert sorted(os.listdir(folder)) == sorted(files)
         for name, data in list(files.items())[:20]:

@@ -23,12 +23,13 @@ def wait_for(predicate, timeout: float = 30) -> bool:
 
 
 @pytest.fixture
-def foreground(sample, s3_endpoint, tmp_path):
+def foreground(sample, fast_s3, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = subprocess.Popen(
         [*IDCFS, "mount", str(mnt), "--foreground", "--index", str(sample.index_dir),
-         "--endpoint-url", s3_endpoint, "--cache-dir", str(tmp_path / "cache")],
+         "--endpoint-url", fast_s3, "--ca-bundle", str(fast_s3.ca_bundle),
+         "--cache-dir", str(tmp_path / "cache")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -60,14 +61,14 @@ def test_a_signal_unmounts_cleanly(foreground, signum):
     assert not is_mounted(mnt)
 
 
-def test_background_mount_answers_as_soon_as_the_command_returns(sample, s3_endpoint, tmp_path):
-    with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=s3_endpoint) as mnt:
+def test_background_mount_answers_as_soon_as_the_command_returns(sample, fast_s3, tmp_path):
+    with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=fast_s3) as mnt:
         assert sorted(os.listdir(mnt)) == sorted({r["collection_id"] for r in sample.rows} | {".idcfs"})
 
 
-def test_a_remount_lists_series_from_the_cache_without_the_endpoint(sample, s3_endpoint, tmp_path):
+def test_a_remount_lists_series_from_the_cache_without_the_endpoint(sample, fast_s3, tmp_path):
     row = sample.rows[0]
-    with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=s3_endpoint) as mnt:
+    with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=fast_s3) as mnt:
         first = sorted(os.listdir(series_dir(mnt, row)))
     with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint="http://127.0.0.1:9") as mnt:
         assert sorted(os.listdir(series_dir(mnt, row))) == first == sorted(sample.series_objects(row))
@@ -76,10 +77,11 @@ def test_a_remount_lists_series_from_the_cache_without_the_endpoint(sample, s3_e
         assert failure.value.errno == 5  # EIO: the bytes need the endpoint, which is down
 
 
-def test_o_options_work_like_long_options(sample, s3_endpoint, tmp_path):
+def test_o_options_work_like_long_options(sample, fast_s3, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    options = f"index={sample.index_dir},endpoint_url={s3_endpoint},cache_dir={tmp_path / 'c'}"
+    options = (f"index={sample.index_dir},endpoint_url={fast_s3},"
+               f"ca_bundle={fast_s3.ca_bundle},cache_dir={tmp_path / 'c'}")
     proc = run_idcfs("mount", str(mnt), "-o", options)
     try:
         assert proc.returncode == 0, proc.stderr
@@ -91,9 +93,9 @@ def test_o_options_work_like_long_options(sample, s3_endpoint, tmp_path):
         force_unmount(mnt)
 
 
-def test_a_stale_mount_is_reported_and_cleared_by_umount(sample, s3_endpoint, tmp_path):
+def test_a_stale_mount_is_reported_and_cleared_by_umount(sample, fast_s3, tmp_path):
     mnt = tmp_path / "mnt"
-    with mounted(sample, mnt, tmp_path / "cache", endpoint=s3_endpoint):
+    with mounted(sample, mnt, tmp_path / "cache", endpoint=fast_s3):
         daemon = subprocess.run(["pgrep", "-f", f"idcfs mount {mnt}"], capture_output=True,
                                 text=True, check=True).stdout.split()
         for pid in daemon:
@@ -114,14 +116,15 @@ def _stale(path) -> bool:
     return False
 
 
-def test_sigterm_the_moment_the_mount_appears_still_unmounts_cleanly(sample, s3_endpoint, tmp_path):
+def test_sigterm_the_moment_the_mount_appears_still_unmounts_cleanly(sample, fast_s3, tmp_path):
     """The readiness check stats the mount from a thread; a signal then must not deadlock."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     for _ in range(5):
         proc = subprocess.Popen(
             [*IDCFS, "mount", str(mnt), "--foreground", "--index", str(sample.index_dir),
-             "--endpoint-url", s3_endpoint, "--cache-dir", str(tmp_path / "cache")],
+             "--endpoint-url", fast_s3, "--ca-bundle", str(fast_s3.ca_bundle),
+         "--cache-dir", str(tmp_path / "cache")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             assert wait_for(lambda: is_mounted(mnt))
@@ -136,9 +139,9 @@ def test_sigterm_the_moment_the_mount_appears_still_unmounts_cleanly(sample, s3_
 
 
 def test_a_mountpoint_with_a_space_in_its_path_mounts_shows_in_status_and_unmounts(
-        sample, s3_endpoint, tmp_path):
+        sample, fast_s3, tmp_path):
     mnt = tmp_path / "IDC data"
-    with mounted(sample, mnt, tmp_path / "cache", endpoint=s3_endpoint):
+    with mounted(sample, mnt, tmp_path / "cache", endpoint=fast_s3):
         assert is_mounted(mnt)
         assert str(mnt) in run_idcfs("status").stdout
         again = run_idcfs("mount", str(mnt), "--index", str(sample.index_dir))

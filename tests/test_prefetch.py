@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 import trio
 
-from idcfs import cache as cache_module
-from idcfs import prefetch
-from idcfs.cache import BlockCache, DiskBlocks, ObjectRef
-from idcfs.prefetch import Reader, Stream
+from idcfs.data_cache import BlockCache, DiskBlocks, Pacing
+from idcfs.objects import ObjectRef
+from idcfs.prefetch import Policy, Reader, Stream
 from test_cache import BS, CountingSource, slow_disk
 
-
-@pytest.fixture(autouse=True)
-def small_units(monkeypatch):
-    """Scale the policy to 1 KiB blocks so tests use small objects."""
-    monkeypatch.setattr(prefetch, "WHOLE_OBJECT_LIMIT", 4 * BS)
-    monkeypatch.setattr(prefetch, "READAHEAD_START", BS)
-    monkeypatch.setattr(prefetch, "READAHEAD_CAP", 16 * BS)
-    monkeypatch.setattr(prefetch, "READAHEAD_CHUNK_BLOCKS", 4)
-    monkeypatch.setattr(prefetch, "SEQUENTIAL_SLACK", 2 * BS)
-    monkeypatch.setattr(prefetch, "SERIES_AHEAD_BYTES", 50 * BS)
+# The policy scaled to 1 KiB blocks, so that tests use small objects.
+SMALL = Policy(whole_object_limit=4 * BS, readahead_start=BS, readahead_cap=16 * BS,
+               readahead_chunk_blocks=4, sequential_slack=2 * BS, series_ahead_bytes=50 * BS)
 
 
 def run_with_reader(source, body, memory=1 << 22):
     async def main():
         cache = BlockCache(source, None, memory, block_size=BS)
-        reader = Reader(cache, concurrency=8)
+        reader = Reader(cache, concurrency=8, policy=SMALL)
         async with trio.open_nursery() as nursery:
             reader.start(nursery)
             result = await body(reader)
@@ -69,16 +62,16 @@ def test_sequential_reads_of_a_large_object_read_ahead_in_parallel_chunks():
     assert all(a[1] <= b[0] for a, b in zip(covered, covered[1:])), "a block was fetched twice"
 
 
-def read_sequentially_with_disk(tmp_path, source, drain: bool):
+def read_sequentially_with_disk(tmp_path, source, drain: bool, pacing: Pacing = Pacing()):
     """Read all of source's "wsi" in 1-block reads through a cache with a small write queue
     (8 blocks; 4 in flight): the cache, the bytes read and the disk."""
     disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
     disk.scan()
 
     async def main():
-        cache = BlockCache(source, disk, 1 << 22, block_size=BS)
+        cache = BlockCache(source, disk, 1 << 22, block_size=BS, pacing=pacing)
         cache.writer.limit = 8 * BS
-        reader = Reader(cache, concurrency=8, in_flight_bytes=4 * BS)
+        reader = Reader(cache, concurrency=8, policy=replace(SMALL, in_flight_bytes=4 * BS))
         async with trio.open_nursery() as nursery:
             reader.start(nursery)
             stream = Stream(source.ref("wsi"))
@@ -105,14 +98,14 @@ def test_readahead_waits_for_a_slow_disk_so_every_block_is_cached(tmp_path, monk
 
 
 def test_a_stalled_cache_disk_does_not_hold_up_reads(tmp_path, monkeypatch):
-    """Pacing gives up after PACING_LIMIT, once, and then stops waiting for a while: the reads
+    """Pacing gives up after its limit, once, and then stops waiting for a while: the reads
     go on, and the blocks the disk could not take are counted as not written."""
-    monkeypatch.setattr(cache_module, "PACING_LIMIT", 0.2)
     stalled = threading.Event()
     monkeypatch.setattr(DiskBlocks, "put_blocks", lambda self, obj, blocks: stalled.wait(30))
     source = CountingSource({"wsi": 64 * BS})
     try:
-        cache, data, _ = read_sequentially_with_disk(tmp_path, source, drain=False)
+        cache, data, _ = read_sequentially_with_disk(tmp_path, source, drain=False,
+                                                     pacing=Pacing(limit=0.2))
     finally:
         stalled.set()
     assert data == source.data["wsi"]
@@ -177,7 +170,7 @@ def test_series_prefetch_stays_within_its_byte_budget():
 
     run_with_reader(source, body)
     fetched = sum(length for _, _, length in source.gets)
-    assert fetched <= prefetch.SERIES_AHEAD_BYTES + objs[-1].size + 3 * BS
+    assert fetched <= SMALL.series_ahead_bytes + objs[-1].size + 3 * BS
     assert len(source.gets) < 200
 
 

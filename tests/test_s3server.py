@@ -73,7 +73,9 @@ def test_counts_the_gets_and_the_bytes_they_ask_for(s3, endpoint):
     for wanted in ("bytes=10-99", "bytes=-50", "bytes=1000-", None):
         s3.get_object(Bucket="idc-open-data", Key=key, **({"Range": wanted} if wanted else {}))
     s3.head_object(Bucket="idc-open-data", Key=key)
-    assert s3server.counts(endpoint) == {"GET": 4, "HEAD": 1,
+    assert s3server.counts(endpoint) == {"GET": 4, "HEAD": 1, f"GET idc-open-data/{key}": 4,
+                                       f"HEAD idc-open-data/{key}": 1,
+                                       "checksum_mode": 4,  # boto3 asks for checksums by default
                                        "GET_bytes": 90 + 50 + (size - 1000) + size}
 
 
@@ -111,3 +113,26 @@ def test_s5cmd_lists_every_key(endpoint):
                           "s3://idc-open-data/series-a/*"], check=True, env=env,
                          capture_output=True, text=True).stdout
     assert len(out.splitlines()) == 1005
+
+
+def test_in_gcs_mode_every_answer_carries_the_whole_objects_checksums(tmp_path):
+    import base64
+    import hashlib
+    import urllib.request
+
+    from awscrt.checksums import crc32c
+
+    data = bytes(range(256)) * 40
+    s3server.write_tree(tmp_path, {("idc-open-idc1", "s/1.dcm"): data})
+    with serving(tmp_path, gcs=True) as endpoint:
+        ranged = urllib.request.Request(f"{endpoint}/idc-open-idc1/s/1.dcm",
+                                        headers={"Range": "bytes=100-199"})
+        with urllib.request.urlopen(ranged) as answer:
+            assert answer.status == 206 and answer.read() == data[100:200]
+            crc = base64.b64encode(crc32c(data).to_bytes(4, "big")).decode()
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            assert answer.headers["x-goog-hash"] == f"crc32c={crc},md5={md5}"
+            assert answer.headers["x-amz-checksum-crc32c"] == crc
+        listing = f"{endpoint}/idc-open-idc1?list-type=2&prefix=s/"
+        with urllib.request.urlopen(listing) as answer:
+            assert b'xmlns="http://doc.s3.amazonaws.com/2006-03-01"' in answer.read()

@@ -172,11 +172,11 @@ def _objects(sample, bucket, uuid):
             if b == bucket and k.startswith(uuid + "/")}
 
 
-def test_mounts_of_two_versions_side_by_side_show_old_and_new_files(sample, s3_endpoint, tmp_path):
+def test_mounts_of_two_versions_side_by_side_show_old_and_new_files(sample, fast_s3, tmp_path):
     revised = sample.rows[2]
     old = sample.prior[0]
-    with mounted(sample, tmp_path / "v24", tmp_path / "c", "--idc-version", "24", endpoint=s3_endpoint) as m24, \
-         mounted(sample, tmp_path / "v25", tmp_path / "c", endpoint=s3_endpoint) as m25:
+    with mounted(sample, tmp_path / "v24", tmp_path / "c", "--idc-version", "24", endpoint=fast_s3) as m24, \
+         mounted(sample, tmp_path / "v25", tmp_path / "c", endpoint=fast_s3) as m25:
         for mnt, bucket, uuid in ((m24, old["aws_bucket"], old["crdc_series_uuid"]),
                                   (m25, revised["aws_bucket"], revised["crdc_series_uuid"])):
             files = _objects(sample, bucket, uuid)
@@ -185,10 +185,10 @@ def test_mounts_of_two_versions_side_by_side_show_old_and_new_files(sample, s3_e
                 assert (series_path(mnt, revised) / name).read_bytes() == data
 
 
-def test_a_gcs_mount_reads_from_the_gcs_bucket_names(sample, s3_endpoint, tmp_path):
+def test_a_gcs_mount_reads_from_the_gcs_bucket_names(sample, gcs_s3, tmp_path):
     gone = sample.prior[1]
     with mounted(sample, tmp_path / "m", tmp_path / "c", "--source", "gcs", "--idc-version", "20",
-                 endpoint=s3_endpoint) as mnt:
+                 endpoint=gcs_s3) as mnt:
         files = _objects(sample, gone["aws_bucket"], gone["crdc_series_uuid"])
         for name, data in files.items():
             assert (series_path(mnt, gone) / name).read_bytes() == data
