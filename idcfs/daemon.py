@@ -1,4 +1,4 @@
-"""The mounted daemon: wires the layers together, serves FUSE on trio, unmounts cleanly.
+"""The mounted daemon: wires the layers together, serves FUSE, unmounts cleanly.
 
 Readiness is announced only after the mount has answered a stat of its own root, so whoever
 started it (the CLI in the background, later systemd) never sees a mount that does not work yet.
@@ -8,7 +8,6 @@ SIGTERM, SIGINT and SIGHUP end the FUSE loop and unmount; an unmount from outsid
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import gc
 import logging
@@ -23,17 +22,20 @@ import time
 import pyfuse3
 import trio
 
-from . import index
-from .about import About
+from .index import files as index
 from .bridge import AsyncioBridge
 from .data_cache import BlockCache, DiskBlocks
 from .config import MountConfig
-from .fs import Operations
+from .failures import FailureLog
+from .fs import Attributes, Operations
 from .listings import Listings
+from .namespace import Namespace
+from .namespace.about import AboutNodes
+from .namespace.tree_nodes import TreeNodes
 from .prefetch import Reader
-from .selection import BadSelection
-from .source import ObjectSource
-from .tree import Tree
+from .index.selection import BadSelection
+from .s3.source import ObjectSource
+from .index.tree import Tree
 
 log = logging.getLogger("idcfs")
 
@@ -89,36 +91,44 @@ def sd_notify(message: str) -> None:
         log.warning("cannot notify systemd at %s: %s", address, exc)
 
 
-async def _serve(cfg: MountConfig, ops: Operations, ready_fd: int | None, started: float,
-                 check: concurrent.futures.Future | None) -> None:
+async def _serve(cfg: MountConfig, mount: _Mount, ready_fd: int | None, started: float) -> None:
     # Signals are caught from before the mount exists until after it is gone, so a SIGTERM at any
     # moment unmounts instead of killing the daemon and leaving a stale mount behind.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         try:
-            pyfuse3.init(ops, str(cfg.mountpoint), BASE_FUSE_OPTIONS | set(cfg.fuse_options))
+            pyfuse3.init(mount.ops, str(cfg.mountpoint), BASE_FUSE_OPTIONS | set(cfg.fuse_options))
         except RuntimeError as exc:
             raise MountFailed(f"cannot mount {cfg.mountpoint}: {exc}") from exc
         try:
             async with trio.open_nursery() as nursery:
-                ops.reader.start(nursery)
+                mount.reader.start(nursery)
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-                nursery.start_soon(_ready_when_answering, cfg, ready_fd, started, check)
-                nursery.start_soon(_return_freed_memory)
+                nursery.start_soon(_guarded, mount.check_endpoint)
+                nursery.start_soon(_guarded, _ready_when_answering, cfg, mount, ready_fd, started)
+                nursery.start_soon(_guarded, _return_freed_memory)
                 await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_connections * 2)
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
 
 
-async def _ready_when_answering(cfg: MountConfig, ready_fd: int | None, started: float,
-                                check: concurrent.futures.Future | None) -> None:
+async def _guarded(task, *args) -> None:
+    """A background task of the daemon that may fail without taking the mount with it."""
+    try:
+        await task(*args)
+    except Exception:  # noqa: BLE001 - the mount serves on; the log says what failed
+        log.exception("%s failed", task.__name__)
+
+
+async def _ready_when_answering(cfg: MountConfig, mount: _Mount, ready_fd: int | None,
+                                started: float) -> None:
     # Abandoned if cancelled: once the FUSE loop stops (a signal right after mounting), a stat of
     # the mountpoint only returns when the mount is gone, and must not hold up the shutdown.
     st = await trio.to_thread.run_sync(os.stat, cfg.mountpoint, abandon_on_cancel=True)
     _raise_readahead(st.st_dev)
     status = f"IDC version {cfg.selection.idc_version} mounted at {cfg.mountpoint}"
     # The endpoint check ran while the mount was made; it is bounded to a few seconds.
-    problem = await AsyncioBridge.wait(check) if check is not None else None
+    problem = await mount.checked()
     if problem:
         warning = f"{problem}; mounted anyway (what the cache holds is served)"
         log.warning("%s", warning)
@@ -180,6 +190,63 @@ async def _return_freed_memory(every: float = 2.0) -> None:
         trim(0)
 
 
+class _Mount:
+    """The layers of one mount, made on the event loop that serves it."""
+
+    def __init__(self, cfg: MountConfig, tree: Tree, bridge: AsyncioBridge) -> None:
+        self.source = ObjectSource(cfg.endpoint_url, cfg.max_connections, cfg.ca_bundle)
+        self.listings = Listings(
+            lambda ref: bridge.run(self.source.list_series(ref.bucket, ref.prefix)), cfg.cache_dir)
+        self.disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
+        self.cache = BlockCache(
+            lambda obj, start, length, block_size: bridge.run(
+                self.source.get_blocks(obj.bucket, obj.key, start, length, block_size)),
+            self.disk, cfg.memory_cache_size)
+        self.reader = Reader(self.cache, concurrency=max(4, cfg.max_connections // 2))
+        nodes = TreeNodes(tree, self.listings, self.reader, cfg.request_timeout, FailureLog())
+        self.ops = Operations(Namespace(nodes, AboutNodes(tree.files.meta, _options(cfg, tree),
+                                                          self.stats)),
+                              Attributes(cfg.uid, cfg.gid, cfg.umask, tree.timestamp_ns))
+        self._bridge = bridge
+        self._tree = tree
+        self._problem: str | None = None
+        self._checked = trio.Event()
+
+    async def check_endpoint(self) -> None:
+        """One cheap request while the mount is made: is the endpoint there?"""
+        try:
+            if self._tree.rows:
+                first = self._tree.series(0)
+                self._problem = await self._bridge.run(self.source.check(first.bucket, first.prefix))
+        finally:
+            self._checked.set()
+
+    async def checked(self) -> str | None:
+        await self._checked.wait()
+        return self._problem
+
+    def stats(self) -> dict:
+        cache, disk, source, ops = self.cache, self.disk, self.source, self.ops
+        return {**cache.stats, "listings_fetched": self.listings.fetched, "errors": ops.errors,
+                "endpoint": source.where, "endpoint_health": source.health.as_dict(),
+                "hedged_requests": source.hedging.hedged, "handler_errors": ops.unexpected,
+                "disk_write_failures": cache.writer.failed,
+                "disk_cache_bytes": disk.used, "disk_cache_limit": disk.limit,
+                "disk_cache_blocks": disk.count, "damaged_blocks_refetched": disk.corrupt,
+                "disk_write_errors": disk.write_errors,
+                "blocks_not_written_disk_busy": cache.writer.skipped}
+
+
+def _options(cfg: MountConfig, tree: Tree) -> dict:
+    sel = cfg.selection
+    return {"idc_version": sel.idc_version, "source": sel.source,
+            "endpoint_url": cfg.endpoint_url or "https://s3.amazonaws.com",
+            "collections": list(sel.collections), "licenses": list(sel.licenses),
+            "exclude_licenses": list(sel.exclude_licenses), "filter": sel.filter,
+            "manifest": sel.manifest, "mountpoint": str(cfg.mountpoint),
+            "cache_dir": str(cfg.cache_dir), "series": tree.rows}
+
+
 def run(cfg: MountConfig, ready_fd: int | None = None,
         build: subprocess.Popen | None = None) -> int:
     """Mount and serve until unmounted or signalled; the exit status of the daemon."""
@@ -194,59 +261,32 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
         return 1
     log.info("IDC version %s from %s: %d series, read from %s (%s)", cfg.selection.idc_version,
              cfg.index_dir, tree.rows, cfg.selection.source, cfg.endpoint_url or "AWS S3")
-
+    # pyfuse3 drives its handlers on trio, aiobotocore and aiohttp run on asyncio: the S3
+    # client lives in an asyncio loop of its own thread (bridge.py). pyfuse3 on asyncio, one
+    # loop for both, measured no faster (its asyncio layer costs each FUSE request more than
+    # the bridge costs each fetch) and needs a fix of its terminate(); see doc/DESIGN.md.
     bridge = AsyncioBridge()
     bridge.start()
-    source = ObjectSource(cfg.endpoint_url, cfg.max_connections, cfg.ca_bundle)
-    bridge.call(source.start())
-    check = None
-    if tree.rows:  # one cheap request, while the mount is made: is the endpoint there?
-        first = tree.series(0)
-        check = bridge.submit(source.check(first.bucket, first.prefix))
-    listings = Listings(lambda ref: bridge.run(source.list_series(ref.bucket, ref.prefix)),
-                        cfg.cache_dir)
-    disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
-    threading.Thread(target=disk.scan, name="idcfs-cache-scan", daemon=True).start()
-    cache = BlockCache(
-        lambda obj, start, length, block_size: bridge.run(
-            source.get_blocks(obj.bucket, obj.key, start, length, block_size)),
-        disk, cfg.memory_cache_size,
-    )
-    sel = cfg.selection
-    options = {"idc_version": sel.idc_version, "source": sel.source,
-               "endpoint_url": cfg.endpoint_url or "https://s3.amazonaws.com",
-               "collections": list(sel.collections), "licenses": list(sel.licenses),
-               "exclude_licenses": list(sel.exclude_licenses), "filter": sel.filter,
-               "manifest": sel.manifest, "mountpoint": str(cfg.mountpoint),
-               "cache_dir": str(cfg.cache_dir), "series": tree.rows}
-
-    def stats() -> dict:
-        return {**cache.stats, "listings_fetched": listings.fetched, "errors": ops.errors,
-                "endpoint": source.where, "endpoint_health": source.health.as_dict(),
-                "hedged_requests": source.hedging.hedged, "handler_errors": ops.unexpected,
-                "disk_write_failures": cache.writer.failed,
-                "disk_cache_bytes": disk.used, "disk_cache_limit": disk.limit,
-                "disk_cache_blocks": disk.count, "damaged_blocks_refetched": disk.corrupt,
-                "disk_write_errors": disk.write_errors,
-                "blocks_not_written_disk_busy": cache.writer.skipped}
-
-    ops = Operations(tree, listings, Reader(cache, concurrency=max(4, cfg.max_connections // 2)),
-                     About(tree.files.meta, options, stats), owner=(cfg.uid, cfg.gid),
-                     umask=cfg.umask, budget=cfg.request_timeout)
-    # Everything made so far (botocore's service models, the libraries) lives as long as the
-    # mount: out of the collector's sight, its full collections stop walking those objects again
-    # and again while requests allocate (~4 % of the CPU of fetching a series, perf).
-    gc.freeze()
+    mount = _Mount(cfg, tree, bridge)
     try:
-        trio.run(_serve, cfg, ops, ready_fd, started, check)
+        bridge.call(mount.source.start())
+        threading.Thread(target=mount.disk.scan, name="idcfs-cache-scan", daemon=True).start()
+        _freeze_what_start_up_made()
+        trio.run(_serve, cfg, mount, ready_fd, started)
     except MountFailed as exc:
         log.error("%s", exc)
         _announce(ready_fd, str(exc))
         return 1
     finally:
-        bridge.call(source.close())
+        bridge.call(mount.source.close())
         bridge.stop()
-        if cache.writer is not None:
-            cache.writer.drain()
+        mount.cache.writer.drain()
     log.info("unmounted %s", cfg.mountpoint)
     return 0
+
+
+def _freeze_what_start_up_made() -> None:
+    """Everything made so far (botocore's service models, the libraries) lives as long as the
+    mount: out of the collector's sight, its full collections stop walking those objects again
+    and again while requests allocate (~4 % of the CPU of fetching a series, perf)."""
+    gc.freeze()

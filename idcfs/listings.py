@@ -19,7 +19,7 @@ import cachetools
 import trio
 
 from .singleflight import SingleFlight
-from .tree import Listing, SeriesRef
+from .index.tree import Listing, SeriesRef
 
 log = logging.getLogger(__name__)
 

@@ -33,3 +33,10 @@ def runs(indexes: list[int]) -> list[list[int]]:
         else:
             found.append([i])
     return found
+
+
+class Blocks(list):
+    """Blocks as a source answered them: a list of bytes, and their MD5 (hex) when the source
+    hashed them as they arrived (None: not hashed)."""
+
+    md5: str | None = None

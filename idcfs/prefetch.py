@@ -20,6 +20,7 @@ times their size), not per open file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -81,30 +82,41 @@ class _SeriesState:
 
 
 class _InFlight:
-    """The per-mount bound on background fetches: how many at once, and how many blocks.
+    """The per-mount bound on the blocks background fetches have in flight (how many fetches
+    run at once is bounded by the number of workers). Waiters are served in order, so a large
+    fetch is not overtaken for ever by small ones, and none holds part of what it needs."""
 
-    Blocks are taken under a lock, so two fetches can never each hold part of what they need
-    and wait for the other (the holder of the lock only waits for fetches that are running).
-    """
-
-    def __init__(self, requests: int, blocks: int) -> None:
-        self._requests = trio.CapacityLimiter(requests)
-        self._blocks = trio.Semaphore(blocks)
-        self._total = blocks
-        self._lock = trio.Lock()
+    def __init__(self, blocks: int) -> None:
+        self._free = self._total = blocks
+        self._waiting: collections.deque[tuple[int, trio.Event]] = collections.deque()
 
     @contextlib.asynccontextmanager
     async def take(self, blocks: int):
         blocks = min(blocks, self._total)
-        async with self._requests:
-            async with self._lock:
-                for _ in range(blocks):
-                    await self._blocks.acquire()
+        if self._waiting or self._free < blocks:
+            turn = trio.Event()
+            self._waiting.append((blocks, turn))
             try:
-                yield
-            finally:
-                for _ in range(blocks):
-                    self._blocks.release()
+                await turn.wait()  # _give took the blocks for this waiter
+            except BaseException:  # cancelled: leave the queue, or give back what was taken
+                if turn.is_set():
+                    self._give(blocks)
+                else:
+                    self._waiting.remove((blocks, turn))
+                raise
+        else:
+            self._free -= blocks
+        try:
+            yield
+        finally:
+            self._give(blocks)
+
+    def _give(self, blocks: int) -> None:
+        self._free += blocks
+        while self._waiting and self._waiting[0][0] <= self._free:
+            wanted, turn = self._waiting.popleft()
+            self._free -= wanted
+            turn.set()
 
 
 class Reader:
@@ -114,7 +126,7 @@ class Reader:
         self.cache = cache
         self.concurrency = concurrency
         self.policy = policy
-        self._in_flight = _InFlight(concurrency, max(1, policy.in_flight_bytes // cache.block_size))
+        self._in_flight = _InFlight(max(1, policy.in_flight_bytes // cache.block_size))
         self._series: cachetools.LRUCache = cachetools.LRUCache(maxsize=256)
         self._send, self._receive = trio.open_memory_channel(math.inf)
         self._nursery: trio.Nursery | None = None
@@ -130,6 +142,13 @@ class Reader:
         self._nursery = nursery
         for _ in range(self.concurrency):
             nursery.start_soon(self._worker)
+
+    def read_now(self, stream: Stream, offset: int, size: int) -> bytes | None:
+        """The bytes if memory has them all now (readahead told of the read), else None."""
+        data = self.cache.read_cached(stream.obj, offset, size)
+        if data is not None and stream.obj.size > self.policy.whole_object_limit:
+            self._read_ahead(stream, offset, size)
+        return data
 
     async def read(self, stream: Stream, offset: int, size: int) -> bytes:
         obj = stream.obj

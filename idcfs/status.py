@@ -9,7 +9,7 @@ import os
 import sys
 import time
 
-from .about import DIRECTORY
+from .namespace.about import DIRECTORY
 from .mounts import idcfs_mounts
 
 TIMEOUT = 5.0

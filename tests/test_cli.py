@@ -168,16 +168,27 @@ def test_umount_of_a_path_that_is_not_mounted(tmp_path):
     assert_one_line_error(run_idcfs("umount", str(tmp_path)), "not mounted")
 
 
-def test_help_lists_every_option():
+def test_help_lists_every_option_of_the_table():
+    from idcfs.options import OPTIONS
+
     out = subprocess.run([sys.executable, "-m", "idcfs", "mount", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    for option in ("--index", "--endpoint-url", "--cache-dir", "--foreground", "--debug", "-o"):
-        assert option in out
+    for option in OPTIONS:
+        assert f"--{option.name}" in out
+    assert "-o OPT[=VAL]" in out
 
 
-@pytest.mark.parametrize("command", [["mount"], ["cache", "stats"], ["cache", "clear"],
-                                     ["cache", "warm"]])
-def test_every_option_in_the_help_is_documented_in_the_readme(command):
+def test_the_readmes_table_of_options_is_the_table_the_parser_is_made_from():
+    from pathlib import Path
+
+    from idcfs.options import markdown_table
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert markdown_table() in readme, "README.md: paste the output of python -m idcfs.options"
+
+
+@pytest.mark.parametrize("command", [["cache", "stats"], ["cache", "clear"], ["cache", "warm"]])
+def test_every_option_of_the_other_commands_is_documented_in_the_readme(command):
     import re
     from pathlib import Path
 

@@ -14,12 +14,15 @@ import trio
 from conftest import in_blocks
 from idcfs.data_cache import BlockCache
 from idcfs.objects import ObjectRef
-from idcfs.fs import FAILED_READ_MEMORY, Operations
+from idcfs.failures import FailureLog
+from idcfs.fs import Attributes, Operations
 from idcfs.listings import Listings
-from idcfs.naming import NAME_MAX
+from idcfs.namespace import Namespace
+from idcfs.namespace.tree_nodes import FAILED_READ_MEMORY, TreeNodes
+from idcfs.index.naming import NAME_MAX
 from idcfs.prefetch import Reader
 from idcfs.errors import SourceError
-from idcfs.tree import ROOT, SeriesRef
+from idcfs.index.tree import ROOT, SeriesRef
 from test_tree import ROWS, build_tree
 
 SIZES = {"a.dcm": 10, "b.dcm": 3000}
@@ -55,7 +58,9 @@ def store() -> FakeStore:
 def ops(tmp_path, store) -> Operations:
     tree = build_tree(tmp_path, ROWS)
     cache = BlockCache(store.get, None, 1 << 20)
-    return Operations(tree, Listings(store.list, tmp_path / "cache"), Reader(cache), budget=5)
+    nodes = TreeNodes(tree, Listings(store.list, tmp_path / "cache"), Reader(cache), 5.0,
+                      FailureLog())
+    return Operations(Namespace(nodes), Attributes(0, 0, 0, tree.timestamp_ns))
 
 
 async def path_inode(ops: Operations, *names: bytes) -> int:
@@ -191,12 +196,12 @@ async def _statfs(ops):
 
 # handler: (the call, which layer's method breaks)
 BREAKING = {
-    "lookup": (_lookup, lambda ops: (ops.tree, "lookup")),
-    "readdir": (_readdir, lambda ops: (ops.tree, "children")),
-    "open": (_open, lambda ops: (ops.reader, "opened")),
-    "read": (_read, lambda ops: (ops.reader, "read")),
-    "getxattr": (_getxattr, lambda ops: (ops.tree, "metadata")),
-    "statfs": (_statfs, lambda ops: (ops.tree.files.meta, "get")),
+    "lookup": (_lookup, lambda nodes: (nodes.tree, "lookup")),
+    "readdir": (_readdir, lambda nodes: (nodes.tree, "children")),
+    "open": (_open, lambda nodes: (nodes.reader, "opened")),
+    "read": (_read, lambda nodes: (nodes.reader, "read")),
+    "getxattr": (_getxattr, lambda nodes: (nodes.tree, "metadata")),
+    "statfs": (_statfs, lambda nodes: (nodes.tree.files.meta, "get")),
 }
 
 
@@ -210,8 +215,9 @@ class Meta(dict):
 def test_an_unexpected_exception_in_any_layer_is_eio_logged_once_and_the_next_request_works(
         ops, handler, exc, caplog):
     call, where = BREAKING[handler]
-    ops.tree.files = dataclasses.replace(ops.tree.files, meta=Meta(ops.tree.files.meta))
-    layer, name = where(ops)
+    nodes = ops.namespace.tree
+    nodes.tree.files = dataclasses.replace(nodes.tree.files, meta=Meta(nodes.tree.files.meta))
+    layer, name = where(nodes)
     broken = Broken(getattr(layer, name), exc)
     setattr(layer, name, broken)
     with pytest.raises(pyfuse3.FUSEError) as err:

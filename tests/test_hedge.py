@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from idcfs.hedge import Hedging, Progress
+from idcfs.s3.hedge import Hedging, Progress
 
 
 def race(hedging: Hedging, attempts: list):

@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import mounted
-from idcfs import index, layout, naming
-from idcfs.selection import BadSelection, Selection, check
-from idcfs.tree import ROOT, Tree
+from idcfs.index import files as index
+from idcfs.index import layout, naming
+from idcfs.index.selection import BadSelection, Selection, check
+from idcfs.index.tree import ROOT, Tree
 
 
 def render(template: str, row: dict) -> tuple[str, ...]:

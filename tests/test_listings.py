@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from idcfs.listings import Listings
-from idcfs.tree import SeriesRef
+from idcfs.index.tree import SeriesRef
 
 REF = SeriesRef("idc-open-data", "0d73f84e-70ae-4eeb-96a0-1c613b5d9229")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from idcfs import naming
+from idcfs.index import naming
 
 
 def expected_tree(rows: list[dict]) -> dict:

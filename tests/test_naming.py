@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from idcfs.naming import decode, encode
+from idcfs.index.naming import decode, encode
 
 
 @pytest.mark.parametrize("value", ["nlst", "ZZ RIDER MR8 1", "GBM_DSC_MRI_DRO_Bo=15T",

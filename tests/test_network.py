@@ -26,7 +26,7 @@ from conftest import IDCFS, Endpoint, make_ca, mounted, mounting, run_idcfs, ser
 from test_mount import series_dir
 from test_source import serving as serving_handler
 
-from idcfs.source import ObjectSource
+from idcfs.s3.source import ObjectSource
 
 # What decides trust or proxies for a program; a user's workstation sets none of them.
 TRUST_AND_PROXY = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",

@@ -17,7 +17,7 @@ import sample as sample_data
 from conftest import daemon_pids, mounted, sample_daemon, serving
 from test_mount import series_dir
 
-from idcfs import naming
+from idcfs.index import naming
 
 COUNT = 100_000
 # A large real collection: ~4,300 series of ~600 patients, ~13,000 instances in idc-index-data 25.

@@ -10,9 +10,10 @@ import pytest
 
 import sample as sample_data
 from conftest import mounted, run_idcfs
-from idcfs import index, naming
-from idcfs.selection import BadSelection, Selection, check
-from idcfs.tree import ROOT, Tree
+from idcfs.index import files as index
+from idcfs.index import naming
+from idcfs.index.selection import BadSelection, Selection, check
+from idcfs.index.tree import ROOT, Tree
 
 
 def expected(index_dir, version: int, source: str = "aws") -> set[tuple]:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import in_blocks
-from idcfs.source import ObjectSource, SourceError
+from idcfs.errors import SourceError
+from idcfs.s3.source import ObjectSource
 
 
 def run(endpoint: str, method: str, *args):

@@ -175,25 +175,25 @@ def test_uid_gid_and_umask_options_set_owner_and_modes(sample, s3_endpoint, tmp_
 
 
 def test_allow_other_without_user_allow_other_is_explained(monkeypatch, tmp_path):
-    from idcfs import cli
+    from idcfs import checks as cli
 
     conf = tmp_path / "fuse.conf"
     conf.write_text("# user_allow_other\n")
     monkeypatch.setattr(cli, "FUSE_CONF", str(conf))
     monkeypatch.setattr(cli.os, "getuid", lambda: 1000)
     with pytest.raises(cli.UsageError, match="user_allow_other"):
-        cli._check_allow_other({"allow_other"})
+        cli.allow_other({"allow_other"})
     conf.write_text("user_allow_other\n")
-    cli._check_allow_other({"allow_other"})
+    cli.allow_other({"allow_other"})
 
 
 def test_a_storm_of_failures_is_logged_as_counts_not_line_by_line(caplog):
     import time
 
-    from idcfs.fs import FailureLog
+    from idcfs.failures import FailureLog
 
     failures = FailureLog(burst=3, period=0.2)
-    with caplog.at_level("ERROR", logger="idcfs.fs"):
+    with caplog.at_level("ERROR", logger="idcfs"):
         for i in range(50):
             failures.log(RuntimeError(f"reading s3://b/k{i} failed: HTTP 503"))
         time.sleep(0.25)

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from idcfs import index
-from idcfs.tree import ROOT, Tree
+from idcfs.index import files as index
+from idcfs.index.tree import ROOT, Tree
 
 
 def _rows(*paths: tuple[str, str, str, str, str]) -> list[dict]:

@@ -18,6 +18,7 @@ from ..objects import ObjectRef
 from ..errors import SourceError
 
 # (object, start, length, block size) -> the bytes [start, start+length) in blocks of block size
+# (a list, or Blocks carrying their MD5)
 Fetch = Callable[[ObjectRef, int, int, int], Awaitable[list[bytes]]]
 
 # An ETag that is an MD5 of the content (single-part uploads, as IDC's objects are; GCS's for
@@ -38,8 +39,10 @@ async def fetch_run(fetch: Fetch, obj: ObjectRef, first: int, last: int,
         raise SourceError(f"s3://{obj.bucket}/{obj.key}: blocks {first}-{last} came back as "
                           f"{len(blocks)} blocks of the wrong sizes; not used")
     if start == 0 and end == obj.size and obj.etag and _MD5.fullmatch(obj.etag):
-        digest = (await trio.to_thread.run_sync(_md5, blocks) if obj.size > _HASH_IN_THREAD
-                  else _md5(blocks))
+        digest = getattr(blocks, "md5", None)  # hashed by the source as the bytes arrived
+        if digest is None:
+            digest = (await trio.to_thread.run_sync(_md5, blocks) if obj.size > _HASH_IN_THREAD
+                      else _md5(blocks))
         if digest != obj.etag:
             raise ContentMismatch(f"s3://{obj.bucket}/{obj.key}: the bytes received do not "
                                   f"match its ETag (MD5 {obj.etag}); not used, not cached")

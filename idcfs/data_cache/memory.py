@@ -46,12 +46,28 @@ class BlockCache:
         self.pacing = pacing
         self._memory: cachetools.LRUCache = cachetools.LRUCache(maxsize=memory_bytes, getsizeof=len)
         self._flight: SingleFlight[tuple[str, str, int]] = SingleFlight()
-        self._pacing_lock = trio.CapacityLimiter(1)
+        self._pacing_lock = trio.Lock()
         self._pacing_paused_until = float("-inf")
         self.stats: collections.Counter = collections.Counter()
 
     def cached_in_memory(self, obj: ObjectRef, index: int) -> bool:
         return (obj.bucket, obj.key, index) in self._memory
+
+    def read_cached(self, obj: ObjectRef, offset: int, size: int) -> bytes | None:
+        """The bytes [offset, offset+size) clipped to the object's end if every block they need
+        is in memory now, else None: the way a read hit is answered without a single await
+        (a cancel scope and a task switch per FUSE read were a tenth of the daemon's CPU)."""
+        end = min(obj.size, offset + size)
+        if offset >= end:
+            return b""
+        first, last = offset // self.block_size, (end - 1) // self.block_size
+        blocks = [self._memory.get((obj.bucket, obj.key, i)) for i in range(first, last + 1)]
+        if None in blocks:
+            return None
+        self.stats["memory_hits"] += len(blocks)
+        data = b"".join(blocks) if len(blocks) > 1 else blocks[0]
+        start = offset - first * self.block_size
+        return data[start:start + end - offset]
 
     async def read(self, obj: ObjectRef, offset: int, size: int) -> bytes:
         """Exactly the bytes [offset, offset+size) clipped to the object's end."""

@@ -3,74 +3,30 @@
 Runs on asyncio (aiobotocore's loop, see bridge.py). Every request is unsigned: botocore is given
 `signature_version=UNSIGNED`, which also stops it from looking up credentials at all, so no key
 from the environment or ~/.aws is ever read or sent to a public bucket; and the session reads no
-AWS configuration at all (see isolated_session). TLS trusts the system's certificate store.
+AWS configuration at all, and TLS trusts the system's certificate store (client.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-import os
 import random
-import ssl
 
 import aiohttp
-import truststore
-from aiobotocore.config import AioConfig
-from aiobotocore.httpsession import AIOHTTPSession
-from aiobotocore.session import AioSession
-from botocore import UNSIGNED, __version__ as botocore_version
-from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES, ConstantProvider
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import __version__
-from .errors import SourceError
+from ..errors import SourceError
+from ..objects import Blocks
+from .client import DEFAULT_REGION, client_config, isolated_session
 from .endpoint import Health, describe, is_connection_failure
+from .get import HTTPError, ObjectGets
 from .hedge import Hedging, Progress
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGION = "us-east-1"
 BODY_ATTEMPTS = 3
-
-
-def _raw_timestamp(value: str) -> str:
-    return value
-
-
-class _SystemTrust(AIOHTTPSession):
-    """aiobotocore's HTTP session, trusting the system's certificate store as well as
-    botocore's own bundle (botocore alone trusts only its bundle, so on a network that inspects
-    TLS, whose root certificate is in the system store, every request failed). With a CA bundle
-    given (--ca-bundle, AWS_CA_BUNDLE), that bundle alone is trusted, as botocore does."""
-
-    def _get_ssl_context(self) -> ssl.SSLContext:
-        if self._verify is True:
-            return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        return super()._get_ssl_context()
-
-
-def isolated_session() -> AioSession:
-    """A botocore session that reads no AWS configuration: no profile, no config or credentials
-    file, no AWS_* variable. An unsigned client of public buckets needs none of it, and each of
-    them could send every request elsewhere (AWS_ENDPOINT_URL, endpoint_url, accelerate, FIPS,
-    dual-stack) or stop the mount (AWS_PROFILE naming a missing profile, a malformed
-    ~/.aws/config). Only idcfs's own options decide where requests go."""
-    session = AioSession()
-    store = session.get_component("config_store")
-    for name, (_, _, default, _) in BOTOCORE_DEFAUT_SESSION_VARIABLES.items():
-        store.set_config_provider(name, ConstantProvider(default))
-    for name in ("config_file", "credentials_file"):
-        store.set_config_provider(name, ConstantProvider(os.devnull))
-    for section in ("s3", "proxies_config"):  # from the config file and AWS_S3_* variables
-        store.set_config_provider(section, ConstantProvider({}))
-    # Timestamps in responses (Last-Modified) are never used; botocore would parse each one
-    # with dateutil, about a fifth of its CPU per GetObject. Keep them as the raw text.
-    session.get_component("response_parser_factory").set_parser_defaults(
-        timestamp_parser=_raw_timestamp
-    )
-    return session
 
 
 class ObjectSource:
@@ -87,6 +43,7 @@ class ObjectSource:
         self.health = Health()
         self.hedging = Hedging()
         self._session = isolated_session()
+        self._gets = ObjectGets(endpoint_url, max_connections, ca_bundle)
         self._stack = contextlib.AsyncExitStack()
         self._client = None
 
@@ -95,36 +52,17 @@ class ObjectSource:
         return self.endpoint_url or "https://s3.amazonaws.com"
 
     def _client_for(self, attempts: int, connect_timeout: float, read_timeout: float):
-        config = AioConfig(
-            signature_version=UNSIGNED,
-            max_pool_connections=self.max_connections,
-            retries={"max_attempts": attempts, "mode": "standard"},
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            s3={"addressing_style": "path" if self.endpoint_url else "auto",
-                "use_accelerate_endpoint": False, "us_east_1_regional_endpoint": "legacy"},
-            use_fips_endpoint=False,
-            use_dualstack_endpoint=False,
-            ignore_configured_endpoint_urls=True,
-            # No flexible checksums: botocore would send x-amz-checksum-mode on every GET (some
-            # S3-compatible endpoints refuse it) and, with awscrt installed, check the CRC32C
-            # of each answer, which GCS gives for the whole object on a ranged answer, so that
-            # every ranged read from GCS failed. idcfs checks lengths, ranges and ETags itself.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            http_session_cls=_SystemTrust,
-            # A fixed User-Agent names idcfs to the endpoint's operators, and spares botocore
-            # composing its own twice per request from a dozen sanitised parts (~12 % of its CPU
-            # per GetObject, measured with cProfile over a series of 292 GETs).
-            user_agent=f"idcfs/{__version__} botocore/{botocore_version}",
-        )
-        return self._session.create_client("s3", region_name=DEFAULT_REGION,
-                                           endpoint_url=self.endpoint_url, config=config,
-                                           verify=self.ca_bundle or True)
+        return self._session.create_client(
+            "s3", region_name=DEFAULT_REGION, endpoint_url=self.endpoint_url,
+            verify=self.ca_bundle or True,
+            config=client_config(self.endpoint_url, self.max_connections, attempts,
+                                 connect_timeout, read_timeout))
 
     async def start(self) -> None:
         self._client = await self._stack.enter_async_context(
             self._client_for(attempts=3, connect_timeout=10, read_timeout=30))
+        await self._gets.start(self._client.meta.service_model.operation_model("GetObject"))
+        self._stack.push_async_callback(self._gets.close)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -208,9 +146,10 @@ class ObjectSource:
         return page
 
     async def get_blocks(self, bucket: str, key: str, start: int, length: int,
-                         block_size: int) -> list[bytes]:
+                         block_size: int) -> Blocks:
         """Exactly length bytes of an object from start, as blocks of block_size (the last may
-        be shorter); anything shorter or longer is an error.
+        be shorter), with their MD5 when they are the whole object; anything shorter or longer
+        is an error.
 
         botocore retries failed requests (5xx, throttling, refused or reset connections); a body
         cut short or broken after the response began is retried here, with backoff and jitter;
@@ -230,7 +169,7 @@ class ObjectSource:
         raise failure
 
     async def _get_once(self, bucket: str, key: str, start: int, length: int, block_size: int,
-                        progress: Progress) -> list[bytes]:
+                        progress: Progress) -> Blocks:
         """One GET of the range; _BodyFailed where another attempt may succeed.
 
         The body is read block by block, so each block is assembled once from what the socket
@@ -238,28 +177,36 @@ class ObjectSource:
         a large read once more (~12 % of a cold 1 GiB read at 20 ms)."""
         last = start + length - 1
         try:
-            resp = await self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{last}")
-        except (ClientError, BotoCoreError) as exc:
+            answer = await self._gets.open(bucket, key, start, last)
+        except (HTTPError, BotoCoreError) as exc:
             raise self._error("reading", bucket, key, exc) from exc
-        except (ValueError, KeyError, TypeError) as exc:  # headers botocore could not parse
-            raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: a malformed "
-                              f"answer ({type(exc).__name__}: {exc})") from exc
         progress.mark()
         self.hedging.first_byte(progress.since_start())
         self.health.answered()
-        async with resp["Body"] as body:
+        async with answer:
             # S3 answers a ranged GET with that range (206, Content-Range). A 200 without one is
             # the whole object, right only for a range from 0, and only from S3: a web page from
             # a proxy or login portal comes that way too.
-            answered = resp.get("ContentRange")
-            if (answered is None and (start > 0 or "html" in resp.get("ContentType", ""))
-                    or answered is not None and not answered.startswith(f"bytes {start}-{last}/")):
-                raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: "
-                                  f"{_not_s3(resp)}")
+            answered = answer.headers.get("Content-Range")
+            kind = answer.headers.get("Content-Type", "no content type")
+            if "html" in kind:
+                raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: the "
+                                  f"endpoint answered with an HTML page ({kind}), not S3: a "
+                                  f"proxy or login page?")
+            if answered is None and start > 0:
+                raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: the "
+                                  f"endpoint answered a ranged read without the range (no "
+                                  f"Content-Range)")
+            if answered is not None and not answered.startswith(f"bytes {start}-{last}/"):
+                raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: the "
+                                  f"endpoint answered with {answered}, not the range asked for")
+            # The whole object: hashed as it arrives, for the ETag check (data_cache/fetch.py).
+            whole = start == 0 and (answered is None or answered.endswith(f"/{length}"))
             try:
-                blocks = await _read_blocks(body, length, block_size, progress)
-                longer = bool(await body.read(1))  # and not the rest of what may be a lot
-            except (BotoCoreError, aiohttp.ClientError, asyncio.IncompleteReadError, OSError,
+                blocks = await _read_blocks(answer.content, length, block_size, progress,
+                                            hashlib.md5() if whole else None)
+                longer = bool(await answer.content.read(1))  # not the rest of what may be a lot
+            except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError,
                     TimeoutError) as exc:
                 raise _BodyFailed(self._error("reading", bucket, key, exc)) from exc
         received = sum(map(len, blocks))
@@ -278,18 +225,24 @@ class _BodyFailed(Exception):
         self.error = error
 
 
-async def _read_blocks(body, length: int, block_size: int, progress: Progress) -> list[bytes]:
-    """Up to length bytes of body in blocks of block_size; fewer if the body ends early."""
-    blocks = []
+async def _read_blocks(body, length: int, block_size: int, progress: Progress,
+                       digest=None) -> Blocks:
+    """Up to length bytes of body in blocks of block_size (fewer if the body ends early), and
+    their MD5 if digest is given."""
+    blocks = Blocks()
     for at in range(0, length, block_size):
         need, parts = min(block_size, length - at), []
         while need and (chunk := await body.read(need)):
             progress.mark()
+            if digest is not None:
+                digest.update(chunk)
             parts.append(chunk)
             need -= len(chunk)
         blocks.append(b"".join(parts))
         if need:
             break
+    if digest is not None:
+        blocks.md5 = digest.hexdigest()
     return blocks
 
 

@@ -55,6 +55,8 @@ def describe(exc: BaseException, url: str) -> str:
         meta = exc.response.get("ResponseMetadata", {})
         code = exc.response.get("Error", {}).get("Code", "?")
         return f"HTTP {meta.get('HTTPStatusCode', '?')} {code}"
+    if hasattr(exc, "status") and hasattr(exc, "code"):  # get.HTTPError
+        return str(exc)
     cert = (_find(exc, ssl.SSLCertVerificationError)
             or _find(exc, aiohttp.ClientConnectorCertificateError))
     if cert is not None:
@@ -98,7 +100,7 @@ def _innermost(exc: BaseException) -> str:
 
 def is_connection_failure(exc: BaseException) -> bool:
     """Whether the request never got an answer from the endpoint (not an HTTP error)."""
-    return not isinstance(exc, ClientError) and _find(
+    return not isinstance(exc, ClientError) and not hasattr(exc, "status") and _find(
         exc, (EndpointConnectionError, ProxyConnectionError, SSLError, ConnectTimeoutError,
               ReadTimeoutError, aiohttp.ClientConnectionError, OSError, TimeoutError)) is not None
 

@@ -1,0 +1,42 @@
+"""Entries as the kernel's attributes: modes, owner, times, and how long it may keep them."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+
+from ..namespace.entry import Entry
+from ..objects import BLOCK_SIZE
+
+IMMUTABLE_TIMEOUT = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """Every entry's owner, mode mask and time: directories 0555, files 0444 (less umask), the
+    release date of the data shown as every time, so times are the same on every machine."""
+
+    uid: int
+    gid: int
+    umask: int
+    timestamp_ns: int
+
+    def of(self, entry: Entry) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = entry.inode
+        if entry.is_dir:
+            attr.st_mode = stat.S_IFDIR | (0o555 & ~self.umask)
+            attr.st_nlink = 2 + entry.subdirs
+        else:
+            attr.st_mode = stat.S_IFREG | (0o444 & ~self.umask)
+            attr.st_nlink = 1
+            attr.st_size = entry.size
+            attr.st_blocks = (entry.size + 511) // 512
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self.timestamp_ns
+        timeout = 0 if entry.volatile else IMMUTABLE_TIMEOUT
+        attr.entry_timeout = attr.attr_timeout = timeout
+        return attr
