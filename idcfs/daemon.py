@@ -196,7 +196,8 @@ class _Mount:
     def __init__(self, cfg: MountConfig, tree: Tree, bridge: AsyncioBridge) -> None:
         self.source = ObjectSource(cfg.endpoint_url, cfg.max_connections, cfg.ca_bundle)
         self.listings = Listings(
-            lambda ref: bridge.run(self.source.list_series(ref.bucket, ref.prefix)), cfg.cache_dir)
+            lambda ref: bridge.run(self.source.list_series(ref.bucket, ref.prefix, ref.instances)),
+            cfg.cache_dir)
         self.disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
         self.cache = BlockCache(
             lambda obj, start, length, block_size: bridge.run(

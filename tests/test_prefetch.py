@@ -10,7 +10,7 @@ import trio
 
 from idcfs.data_cache import BlockCache, DiskBlocks, Pacing
 from idcfs.objects import ObjectRef
-from idcfs.prefetch import Policy, Reader, Stream
+from idcfs.prefetch import Policy, Reader
 from test_cache import BS, CountingSource, slow_disk
 
 # The policy scaled to 1 KiB blocks, so that tests use small objects.
@@ -36,7 +36,7 @@ def test_a_small_object_comes_in_one_get_however_it_is_read():
     source = CountingSource({"slice": 3 * BS + 10})
 
     async def body(reader):
-        stream = Stream(source.ref("slice"))
+        stream = reader.stream(source.ref("slice"))
         parts = [await reader.read(stream, off, 128) for off in range(0, 3 * BS + 10, 128)]
         return b"".join(parts)
 
@@ -48,7 +48,7 @@ def test_sequential_reads_of_a_large_object_read_ahead_in_parallel_chunks():
     source = CountingSource({"wsi": 64 * BS})
 
     async def body(reader):
-        stream = Stream(source.ref("wsi"))
+        stream = reader.stream(source.ref("wsi"))
         out = []
         for off in range(0, 64 * BS, BS // 2):
             out.append(await reader.read(stream, off, BS // 2))
@@ -74,7 +74,7 @@ def read_sequentially_with_disk(tmp_path, source, drain: bool, pacing: Pacing = 
         reader = Reader(cache, concurrency=8, policy=replace(SMALL, in_flight_bytes=4 * BS))
         async with trio.open_nursery() as nursery:
             reader.start(nursery)
-            stream = Stream(source.ref("wsi"))
+            stream = reader.stream(source.ref("wsi"))
             with trio.fail_after(10):
                 data = b"".join([await reader.read(stream, off, BS)
                                  for off in range(0, 64 * BS, BS)])
@@ -118,7 +118,7 @@ def test_random_reads_fetch_only_their_blocks():
     offsets = [40 * BS + 3, 7 * BS, 22 * BS + 100, 60 * BS, 50 * BS]
 
     async def body(reader):
-        stream = Stream(source.ref("wsi"))
+        stream = reader.stream(source.ref("wsi"))
         return [await reader.read(stream, off, 64) for off in offsets]
 
     data = run_with_reader(source, body)
@@ -136,13 +136,13 @@ def test_reading_a_series_file_by_file_fetches_the_rest_ahead():
 
     async def body(reader):
         for i in range(2):
-            reader.opened("series", i, [o.size for o in objs], objs.__getitem__)
-            await reader.read(Stream(objs[i]), 0, objs[i].size)
+            reader.opened("series", i, [o.size for o in objs], "CT", objs.__getitem__)
+            await reader.read(reader.stream(objs[i]), 0, objs[i].size)
         await trio.sleep(0.3)
         before = len(source.gets)
         for i in range(2, 30):
-            reader.opened("series", i, [o.size for o in objs], objs.__getitem__)
-            assert await reader.read(Stream(objs[i]), 0, objs[i].size) == source.data[objs[i].key]
+            reader.opened("series", i, [o.size for o in objs], "CT", objs.__getitem__)
+            assert await reader.read(reader.stream(objs[i]), 0, objs[i].size) == source.data[objs[i].key]
         return before
 
     fetched_before_reading_on = run_with_reader(source, body)
@@ -154,8 +154,8 @@ def test_opening_one_file_of_a_series_prefetches_only_a_little():
     source, objs = _series(30)
 
     async def body(reader):
-        reader.opened("series", 5, [o.size for o in objs], objs.__getitem__)
-        await reader.read(Stream(objs[5]), 0, 10)
+        reader.opened("series", 5, [o.size for o in objs], "CT", objs.__getitem__)
+        await reader.read(reader.stream(objs[5]), 0, 10)
 
     run_with_reader(source, body)
     assert sorted(k for k, _, _ in source.gets) == [o.key for o in objs[5:8]]
@@ -166,7 +166,7 @@ def test_series_prefetch_stays_within_its_byte_budget():
 
     async def body(reader):
         for i in range(2):
-            reader.opened("series", i, [o.size for o in objs], objs.__getitem__)
+            reader.opened("series", i, [o.size for o in objs], "CT", objs.__getitem__)
 
     run_with_reader(source, body)
     fetched = sum(length for _, _, length in source.gets)
@@ -179,9 +179,71 @@ def test_reads_arriving_slightly_out_of_order_still_count_as_sequential():
     order = [0, 1, 3, 2, 4, 6, 5, 7, 9, 8] + list(range(10, 64))
 
     async def body(reader):
-        stream = Stream(source.ref("wsi"))
+        stream = reader.stream(source.ref("wsi"))
         return {i: await reader.read(stream, i * BS, BS) for i in order}
 
     got = run_with_reader(source, body)
     assert b"".join(got[i] for i in range(64)) == source.data["wsi"]
     assert len(source.gets) < 32
+
+
+def _slide() -> tuple[CountingSource, list[ObjectRef]]:
+    """A slide's files: a base level, two smaller levels, a thumbnail and a label (all larger
+    than a block, and under the whole-object limit but the smallest)."""
+    sizes = {"level0": 40 * BS, "level1": 12 * BS, "level2": 3 * BS + 5, "thumb": 2 * BS + 1,
+             "label": BS + 9}
+    source = CountingSource(sizes)
+    return source, [source.ref(name) for name in sizes]
+
+
+def test_a_viewer_opening_every_file_of_a_slide_fetches_only_the_blocks_it_reads():
+    """OpenSlide opens every file of a slide and reads its first 8 KiB and its tail (here, with
+    1 KiB blocks, 100 bytes): for a slide (Modality SM) that fetches those blocks, not the
+    files, and nothing ahead."""
+    source, objs = _slide()
+
+    async def body(reader):
+        for i, obj in enumerate(objs):
+            reader.opened("slide", i, [o.size for o in objs], "SM", objs.__getitem__)
+            stream = reader.stream(obj, "SM")
+            assert await reader.read(stream, 0, 100) == source.data[obj.key][:100]
+            tail = obj.size - 100
+            assert await reader.read(stream, tail, 100) == source.data[obj.key][tail:]
+
+    run_with_reader(source, body)
+    touched = {(obj.key, b) for obj in objs
+               for b in [0, *range((obj.size - 100) // BS, (obj.size - 1) // BS + 1)]}
+    fetched = [(key, b) for key, start, length in source.gets
+               for b in range(start // BS, (start + length - 1) // BS + 1)]
+    assert sorted(fetched) == sorted(touched)  # those blocks, each once
+
+
+def test_the_same_files_in_a_ct_series_are_fetched_whole_and_ahead():
+    """Opening the first two of them as a CT series fetches the small ones after them whole."""
+    source, objs = _slide()
+
+    async def body(reader):
+        for i, obj in enumerate(objs[:2]):
+            reader.opened("series", i, [o.size for o in objs], "CT", objs.__getitem__)
+            await reader.read(reader.stream(obj, "CT"), 0, 100)
+
+    run_with_reader(source, body)
+    whole = {(o.key, 0, o.size) for o in objs if o.size <= SMALL.whole_object_limit}
+    assert whole and whole <= set(source.gets)
+
+
+def test_small_reads_moving_forward_with_gaps_through_a_slide_level_are_read_ahead():
+    """A reader walking the fragment headers of a level without an offset table: 8-byte reads,
+    one a tile apart. Read ahead as a stream: a few large GETs, each block once."""
+    source = CountingSource({"level0": 64 * BS})
+    tile = BS // 3
+
+    async def body(reader):
+        stream = reader.stream(source.ref("level0"), "SM")
+        for offset in range(0, 64 * BS - 8, tile):
+            assert await reader.read(stream, offset, 8) == source.data["level0"][offset:offset + 8]
+
+    run_with_reader(source, body)
+    assert len(source.gets) < 64 // 3
+    blocks = [b for _, start, length in source.gets for b in range(start // BS, (start + length) // BS)]
+    assert sorted(blocks) == sorted(set(blocks))  # each block fetched once

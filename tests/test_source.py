@@ -11,14 +11,16 @@ from collections.abc import Iterator
 
 import pytest
 
+import s3server
 from conftest import in_blocks
 from idcfs.errors import SourceError
 from idcfs.s3.source import ObjectSource
 
 
 def run(endpoint: str, method: str, *args):
+    """A call of a fresh ObjectSource at endpoint (trusting its CA, if it has one)."""
     async def go():
-        source = ObjectSource(endpoint)
+        source = ObjectSource(endpoint, ca_bundle=getattr(endpoint, "ca_bundle", None))
         await source.start()
         try:
             return await getattr(source, method)(*args)
@@ -156,3 +158,27 @@ def test_requests_are_unsigned_even_with_credentials_in_the_environment(monkeypa
         names = {h.lower() for h in headers}
         assert "authorization" not in names
         assert "x-amz-security-token" not in names
+
+
+def test_a_big_series_is_listed_in_parts_at_once_and_equals_its_listing_page_by_page(
+        sample, fast_s3):
+    """1005 objects: more than a page, so listed by the first character of the names, 16 parts
+    at once, when the index's count is given; the same listing as without it."""
+    row = max(sample.rows, key=lambda r: len(sample.series_objects(r)))
+    bucket, prefix = row["aws_bucket"], f"{row['crdc_series_uuid']}/"
+    count = len(sample.series_objects(row))
+    whole = run(fast_s3, "list_series", bucket, prefix)
+    s3server.counts(fast_s3, reset=True)
+    parts = run(fast_s3, "list_series", bucket, prefix, count)
+    assert parts == whole and len(parts) == count
+    assert s3server.counts(fast_s3)["LIST"] == 16
+
+
+def test_parts_that_miss_objects_fall_back_to_the_listing_page_by_page(sample, fast_s3):
+    """A count the parts do not reach (names that begin with no hexadecimal digit, or an index
+    that is wrong) is never trusted: the series is listed whole."""
+    row = max(sample.rows, key=lambda r: len(sample.series_objects(r)))
+    bucket, prefix = row["aws_bucket"], f"{row['crdc_series_uuid']}/"
+    count = len(sample.series_objects(row))
+    listed = run(fast_s3, "list_series", bucket, prefix, count + 7)
+    assert [name for name, _, _ in listed] == sorted(sample.series_objects(row))

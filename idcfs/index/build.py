@@ -112,7 +112,8 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
                     _write, tmp / f"level_{d}.arrow",
                     pa.table({"name": column.take(pa.array(s)), "start": pa.array(s)})))
             rows = {"crdc_series_uuid": table.column("crdc_series_uuid"),
-                    "bucket": pc.dictionary_encode(table.column("bucket"))}
+                    "bucket": pc.dictionary_encode(table.column("bucket")),
+                    "instance_count": pc.cast(table.column("instance_count"), pa.int32())}
             # Dictionary-encoded where values repeat (a million unique UIDs would only cost time).
             rows.update({c: table.column(c) if c == "SeriesInstanceUID"
                          else pc.dictionary_encode(table.column(c))

@@ -31,7 +31,7 @@ from .selection import Selection
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 INDEX_FILE = "idc_index.parquet"
 REQUIRED_COLUMNS = (
     "collection_id",
@@ -109,6 +109,7 @@ class TreeFiles:
     levels: tuple[Level, ...]
     crdc_series_uuids: pa.Array
     buckets: pa.DictionaryArray
+    instance_counts: np.ndarray  # 0 where the index does not say (prior versions)
     columns: dict[str, pa.Array]
     meta: dict
 
@@ -132,6 +133,7 @@ def open_tree(path: Path) -> TreeFiles:
         levels=tuple(levels),
         crdc_series_uuids=rows.column("crdc_series_uuid"),
         buckets=rows.column("bucket"),
+        instance_counts=rows.column("instance_count").to_numpy(zero_copy_only=False),
         columns={name: rows.column(name) for name in rows.schema.names
                  if name in ROW_COLUMNS + TEXT_COLUMNS},
         meta=meta,

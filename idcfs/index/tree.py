@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cachetools
 import numpy as np
@@ -51,10 +51,13 @@ ROOT = Node(0, 0)
 
 @dataclass(frozen=True, slots=True)
 class SeriesRef:
-    """Where a series folder's objects live: `<bucket>/<crdc_series_uuid>/`."""
+    """Where a series folder's objects live: `<bucket>/<crdc_series_uuid>/`; and what the
+    index says of them: how many (0: it does not say) and their modality."""
 
     bucket: str
     uuid: str
+    instances: int = field(default=0, compare=False)
+    modality: str = field(default="", compare=False)
 
     @property
     def prefix(self) -> str:
@@ -163,6 +166,15 @@ class Tree:
         """The raw (unescaped) name of a directory."""
         return self.levels[node.depth - 1].names[node.index].as_py()
 
+    def value(self, row: int, column: str) -> str:
+        """A series row's value of a column kept for it (per row, or as a whole level)."""
+        depth = self.files.meta.get("columns_from_levels", {}).get(column)
+        if depth is not None:
+            level = self.levels[depth - 1]
+            return level.names[int(np.searchsorted(level.starts, row, "right")) - 1].as_py()
+        found = self.files.columns.get(column)
+        return found[row].as_py() or "" if found is not None else ""
+
     def metadata(self, node: Node, file_name: str | None = None) -> dict[str, str]:
         """The index's values for a node (for extended attributes): for a directory, the columns
         its layout levels name; for a leaf of one series and its files, the series' too."""
@@ -170,15 +182,12 @@ class Tree:
         first, end = self.rows_of(node) if node.depth != FILE else (node.index, node.index + 1)
         named = {c for cols in self.files.meta["level_columns"][:node.depth] for c in cols}
         single = end - first == 1 and (node.depth == FILE or self.is_leaf(node))
-        for key, depth in self.files.meta.get("columns_from_levels", {}).items():
+        for key in self.files.meta.get("columns_from_levels", {}):
             if (single or key in named) and first < self.rows:
-                level = self.levels[depth - 1]
-                values[key] = level.names[int(np.searchsorted(level.starts, first, "right")) - 1].as_py()
-        for key, column in self.files.columns.items():
-            if (single or key in named) and first < self.rows:
-                value = column[first].as_py()
-                if value:
-                    values[key] = value
+                values[key] = self.value(first, key)
+        for key in self.files.columns:
+            if (single or key in named) and first < self.rows and (value := self.value(first, key)):
+                values[key] = value
         if single:
             ref = self.series(first)
             scheme = "gs" if self.files.meta.get("source") == "gcs" else "s3"
@@ -199,5 +208,7 @@ class Tree:
         if ref is None:
             ref = self._series[row] = SeriesRef(
                 bucket=self._bucket_names[self.files.buckets.indices[row].as_py()],
-                uuid=self.files.crdc_series_uuids[row].as_py())
+                uuid=self.files.crdc_series_uuids[row].as_py(),
+                instances=int(self.files.instance_counts[row]),
+                modality=self.value(row, "Modality"))
         return ref

@@ -158,8 +158,8 @@ class TreeNodes:
             return ObjectRef(ref.bucket, ref.prefix + listing.names[i], listing.sizes[i],
                              listing.etag(i))
 
-        stream = Stream(object_at(node.file))
-        self.reader.opened(ref, node.file, listing.sizes, object_at)
+        stream = self.reader.stream(object_at(node.file), ref.modality)
+        self.reader.opened(ref, node.file, listing.sizes, ref.modality, object_at)
         return stream
 
     async def read(self, stream: Stream, offset: int, size: int) -> bytes:

@@ -27,6 +27,9 @@ from .hedge import Hedging, Progress
 log = logging.getLogger(__name__)
 
 BODY_ATTEMPTS = 3
+PAGE = 1000  # objects in a ListObjectsV2 page
+PARTS_SMALL = tuple("0123456789abcdef")
+PARTS_LARGE = tuple(a + b for a in PARTS_SMALL for b in PARTS_SMALL)
 
 
 class ObjectSource:
@@ -98,31 +101,52 @@ class ObjectSource:
         self.health.answered()
         return None
 
-    async def list_series(self, bucket: str, prefix: str) -> list[tuple[str, int, str]]:
+    async def list_series(self, bucket: str, prefix: str,
+                          expected: int = 0) -> list[tuple[str, int, str]]:
         """Every object under prefix as (name below the prefix, size, ETag), in key order.
 
         Page after page, each raced by a second request if it stalls; an answer that is not a
         well-formed listing of that prefix (a web page, garbage in a field, keys outside the
-        prefix or twice) is an error naming the series, never a listing."""
+        prefix or twice) is an error naming the series, never a listing.
+
+        A series the index says holds more objects than a page (expected) is listed in parts
+        at once, by the first one or two characters of the names (IDC's are random UUIDs, so the
+        parts are even), and merged: the largest series, 91,980 files, took 92 pages one after
+        another. The parts cover only names that begin with a hexadecimal digit, so the merged
+        listing is kept only if it holds exactly as many objects as the index says; otherwise
+        the series is listed page after page, as any other."""
+        if expected > PAGE:
+            parts = PARTS_SMALL if expected <= PAGE * len(PARTS_SMALL) else PARTS_LARGE
+            listed = await asyncio.gather(*(self._list_all(bucket, prefix, prefix + part)
+                                            for part in parts))
+            found = [entry for part in listed for entry in part]
+            if len(found) == expected:
+                return sorted(found)
+            log.info("listing s3://%s/%s in parts found %d objects, the index says %d: "
+                     "listing it whole", bucket, prefix, len(found), expected)
+        found = await self._list_all(bucket, prefix, prefix)
+        if not found:  # every series has files: an empty answer must not be kept as its listing
+            raise SourceError(f"listing s3://{bucket}/{prefix} at {self.where}: no objects there "
+                              f"(is the endpoint or --source right for this index?)")
+        return sorted(found)
+
+    async def _list_all(self, bucket: str, prefix: str, under: str) -> list[tuple[str, int, str]]:
+        """The objects whose keys begin with under (itself within prefix), page after page."""
         found: dict[str, tuple[str, int, str]] = {}
         token: str | None = None
         while True:
-            page = await self._list_page(bucket, prefix, token)
-            for name, size, etag in _entries(page, prefix, bucket, self.where):
+            page = await self._list_page(bucket, under, token)
+            for name, size, etag in _entries(page, prefix, under, bucket, self.where):
                 if name in found:
                     raise SourceError(f"listing s3://{bucket}/{prefix} at {self.where} failed: "
                                       f"{name} is listed twice")
                 found[name] = (name, size, etag)
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated"):
-                break
+                return list(found.values())
             if not token:
                 raise SourceError(f"listing s3://{bucket}/{prefix} at {self.where} failed: a "
                                   f"truncated page without a continuation token")
-        if not found:  # every series has files: an empty answer must not be kept as its listing
-            raise SourceError(f"listing s3://{bucket}/{prefix} at {self.where}: no objects there "
-                              f"(is the endpoint or --source right for this index?)")
-        return sorted(found.values())
 
     async def _list_page(self, bucket: str, prefix: str, token: str | None) -> dict:
         args = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
@@ -246,12 +270,13 @@ async def _read_blocks(body, length: int, block_size: int, progress: Progress,
     return blocks
 
 
-def _entries(page: dict, prefix: str, bucket: str, where: str):
-    """(name, size, ETag) of a listing page's objects, each checked: a key under the prefix, a
-    size that is a number of bytes. A key equal to the prefix (a folder marker) is no file."""
+def _entries(page: dict, prefix: str, under: str, bucket: str, where: str):
+    """(name below prefix, size, ETag) of a listing page's objects, each checked: a key under
+    what was listed, a size that is a number of bytes. A key equal to the prefix (a folder
+    marker) is no file."""
     for obj in page.get("Contents", ()):
         key, size = obj.get("Key"), obj.get("Size")
-        if not isinstance(key, str) or not key.startswith(prefix):
+        if not isinstance(key, str) or not key.startswith(under):
             raise SourceError(f"listing s3://{bucket}/{prefix} at {where} failed: a key outside "
                               f"the prefix ({key!r})")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:

@@ -1,0 +1,33 @@
+"""How far ahead of readers to fetch, and what a series' modality changes about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+# Modalities whose series are pyramids of a few large files that viewers open all at once to
+# read their headers and then read tiles of (slide microscopy): nothing is fetched whole or
+# ahead of a file until its reads show a stream.
+TILED = frozenset({"SM"})
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Bytes unless named otherwise."""
+
+    whole_object_limit: int = 8 << 20  # objects up to this size are fetched whole
+    readahead_start: int = 1 << 20  # a sequential reader's first window
+    readahead_cap: int = 64 << 20  # the window doubles up to this
+    readahead_chunk_blocks: int = 8  # blocks per readahead GET (and per disk file)
+    sequential_slack: int = 8 << 20  # a read this near the stream's end counts as sequential
+    series_first_ahead: int = 2  # files fetched ahead when the first file of a series opens
+    series_ahead_bytes: int = 48 << 20  # then this much ahead of the reader
+    in_flight_bytes: int = 64 << 20  # background fetches in flight, per mount
+
+    def for_modality(self, modality: str) -> Policy:
+        """The policy for a series of this modality: a slide's files are read by the block
+        (a header, a tail, the tiles of a region), never whole, and no file is fetched because
+        another one of the slide was opened."""
+        if modality in TILED:
+            return replace(self, whole_object_limit=0, series_first_ahead=0,
+                           series_ahead_bytes=0)
+        return self
