@@ -35,10 +35,12 @@ demo: dev
 test: dev
 	$(VENV)/bin/python -m pytest -q
 
+# The peers and the benchmark's HTTPS endpoint (nginx) are Debian packages.
 bench: dev
-	@command -v s3fs >/dev/null && command -v rclone >/dev/null || apt-get install -y -qq s3fs rclone
+	@command -v s3fs >/dev/null && command -v rclone >/dev/null && command -v nginx >/dev/null \
+		|| apt-get install -y -qq s3fs rclone nginx-light >/dev/null
 	$(VENV)/bin/python bench/mount.py
-	$(VENV)/bin/python bench/peers.py --latency 0,20
+	$(VENV)/bin/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

@@ -1,139 +1,66 @@
-"""idcfs against the tools a user would pick instead, on one local endpoint, in one run.
+"""idcfs against the tools a user would pick instead, over HTTPS, through links like a user's, in
+one run.
 
-Peers: s5cmd (the bulk downloader idc-index uses), s3fs-fuse and rclone mount (filesystems, with
-their default settings), and plain aiobotocore parallel GETs (the ceiling for Python). All read the
-same IDC-shaped bucket from the same fast local S3 endpoint (tests/s3server.py), directly or
-through a proxy adding a fixed latency per request (bench/latency_proxy.py).
+Every tool reads the same IDC-shaped bucket (bench/data.py) from the same endpoint (nginx over
+TLS, bench/endpoint.py), through the same link (bench/link.py: a latency per request, and one
+bandwidth shared by all connections). Profiles:
 
-Data: a 292-file CT series of ~0.5 MB slices (real DICOM, re-tagged with a real nlst row) and a
-1 GiB slide-microscopy object, under their real index rows' crdc_series_uuids.
+    20ms       20 ms per request, no bandwidth limit (a cloud VM next to the bucket)
+    20ms-1G    20 ms, 1 Gb/s
+    40ms-1G    40 ms, 1 Gb/s (a campus)
+    80ms-300M  80 ms, 300 Mb/s (a remote workstation)
+    0ms        no link at all: CPU per byte and per file only
 
-Cold runs of the series copy and of the 1 GiB read are repeated (each from a fresh mount, with
-the endpoint's files in its page cache) and the median is reported with the range: on 2 shared
-cores single runs vary by 20-50 %.
+Peers: s5cmd (the downloader idc-index uses), s3fs-fuse and rclone mount (filesystems, with their
+defaults), and plain aiobotocore (the ceiling for Python). Each row gives wall time, the CPU
+seconds of the tool's own processes (the daemon of a mount, the client of a download), the
+requests and the bytes the endpoint was asked for (from its log), and the ratios against s5cmd.
+Cold runs start from a fresh mount with an empty cache; idcfs and s5cmd are repeated (medians,
+with the range), the slower peers are run once.
 
-Every run also counts, at the endpoint, the requests it caused and the bytes its GETs asked for
-(of the last run, for the repeated ones): a tool that fetches more than its reader wants, or a
-warm read that still goes to the network, shows there. Asked for, not sent: a client may close
-the connection before the end of the range it asked for (rclone asks for 128 MiB windows).
-
-    .venv/bin/python bench/peers.py [--latency 0,20] [--repeat 3] [--work DIR] [--json FILE]
+    .venv/bin/python bench/peers.py [--profiles 20ms,40ms-1G] [--repeat 3] [--peers-in PROFILES]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import duckdb
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pydicom
-from pydicom.data import get_testdata_file
+import data
+from endpoint import Endpoint
+from tools import BUCKET, Mount, ceiling, s5cmd, through, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-import s3server  # noqa: E402
-import sample  # noqa: E402
+from conftest import make_ca  # noqa: E402
+from sample import free_port  # noqa: E402
 
-BUCKET = "idc-open-data"
-CT_FILES = 292
-BIG_SIZE = 1 << 30
-RANDOM_READS = 200
-BIN = Path(sys.executable).parent
-ENV = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+PROFILES = {"0ms": (0, None), "20ms": (20, None), "20ms-1G": (20, 1000),
+            "40ms-1G": (40, 1000), "80ms-300M": (80, 300)}
+DEFAULT = "20ms,20ms-1G,40ms-1G,80ms-300M"
+READ_MB = 128  # what each concurrent reader reads of the 1 GiB object
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")
+       and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
 
 
 def say(message: str) -> None:
     print(f"-- {message}", file=sys.stderr, flush=True)
 
 
-# -- data ----------------------------------------------------------------------------------------
-
-def prepare(work: Path) -> dict:
-    """The bucket tree and index, made once and reused by later runs."""
-    meta_path = work / "meta.json"
-    if meta_path.exists():
-        return json.loads(meta_path.read_text())
-    say(f"making benchmark data in {work} (once)")
-    con = duckdb.connect()
-    real = str(sample.REAL_INDEX)
-    ct = con.execute(f"SELECT * FROM read_parquet('{real}') WHERE collection_id = 'nlst' AND "
-                     "Modality = 'CT' ORDER BY abs(instanceCount - 292) LIMIT 1").to_arrow_table()
-    sm = con.execute(f"SELECT * FROM read_parquet('{real}') WHERE Modality = 'SM' "
-                     "AND aws_bucket = 'idc-open-data' ORDER BY SeriesInstanceUID LIMIT 1").to_arrow_table()
-    ct_row, sm_row = ct.to_pylist()[0], sm.to_pylist()[0]
-    rng = np.random.default_rng(11)
-    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ct_dir = work / "s3" / BUCKET / ct_row["crdc_series_uuid"]
-    ct_dir.mkdir(parents=True, exist_ok=True)
-    total = 0
-    for n in range(CT_FILES):
-        ds = base.copy()
-        ds.Rows = ds.Columns = 512
-        ds.PixelData = rng.integers(0, 4096, 512 * 512, dtype="<u2").tobytes()
-        ds.PatientID, ds.StudyInstanceUID = ct_row["PatientID"], ct_row["StudyInstanceUID"]
-        ds.SeriesInstanceUID, ds.InstanceNumber = ct_row["SeriesInstanceUID"], n + 1
-        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[ct_row["SeriesInstanceUID"], str(n)])
-        out = io.BytesIO()
-        ds.save_as(out)
-        (ct_dir / f"{uuid.uuid5(sample.NAMESPACE, f'ct{n}')}.dcm").write_bytes(out.getvalue())
-        total += len(out.getvalue())
-    ct_row.update(instanceCount=CT_FILES, series_size_MB=total / 1e6)
-    sm_dir = work / "s3" / BUCKET / sm_row["crdc_series_uuid"]
-    sm_dir.mkdir(parents=True, exist_ok=True)
-    big = sm_dir / f"{uuid.uuid5(sample.NAMESPACE, 'sm')}.dcm"
-    with open(big, "wb") as out:
-        for _ in range(BIG_SIZE // (64 << 20)):
-            out.write(rng.bytes(64 << 20))
-    sm_row.update(instanceCount=1, series_size_MB=BIG_SIZE / 1e6)
-    (work / "index").mkdir(exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([ct_row, sm_row], schema=pq.read_schema(sample.REAL_INDEX)),
-                   work / "index" / "idc_index.parquet")
-    meta = {
-        "ct": {"uuid": ct_row["crdc_series_uuid"], "bytes": total,
-               "path": f"{ct_row['collection_id']}/{ct_row['PatientID']}/{ct_row['StudyInstanceUID']}"
-                       f"/CT_{ct_row['SeriesInstanceUID']}",
-               "patient": f"{ct_row['collection_id']}/{ct_row['PatientID']}"},
-        "sm": {"uuid": sm_row["crdc_series_uuid"], "key": f"{sm_row['crdc_series_uuid']}/{big.name}",
-               "path": f"{sm_row['collection_id']}/{sm_row['PatientID']}/{sm_row['StudyInstanceUID']}"
-                       f"/SM_{sm_row['SeriesInstanceUID']}/{big.name}"},
-    }
-    meta_path.write_text(json.dumps(meta))
-    return meta
-
-
-# -- processes -----------------------------------------------------------------------------------
-
-def run(command: list[str], **kw) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env=ENV, stdout=subprocess.DEVNULL, **kw)
-    return time.perf_counter() - started
-
-
-def peak_rss_mb(pattern: str) -> float:
-    pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    peak = 0.0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024)
-        except FileNotFoundError:
-            pass
-    return peak
+def warm_endpoint(paths: list[Path]) -> None:
+    """The endpoint's files in its page cache before a cold run, whichever tool ran last."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(8 << 20):
+                pass
 
 
 def drop_caches() -> None:
@@ -141,270 +68,311 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-class Mount:
-    """A FUSE peer or idcfs, mounted fresh for each cold measurement."""
+class Bench:
+    def __init__(self, work: Path, meta: dict, ca, server: Endpoint, repeat: int) -> None:
+        self.work, self.meta, self.ca, self.server, self.repeat = work, meta, ca, server, repeat
+        self.results: list[dict] = []
+        self.store = work / "s3" / BUCKET
 
-    def __init__(self, tool: str, endpoint: str, work: Path, meta: dict, cache: Path | None = None):
-        self.tool, self.endpoint, self.meta = tool, endpoint, meta
-        self.mnt = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=work / "mnt"))
-        self.cache = cache or Path(tempfile.mkdtemp(prefix="cache-", dir=work / "tmp"))
-        if tool == "idcfs":
-            subprocess.run([str(BIN / "idcfs"), "mount", str(self.mnt), "--index", str(work / "index"),
-                            "--endpoint-url", endpoint, "--cache-dir", str(self.cache)], check=True)
-            self.pattern = f"idcfs mount {self.mnt} "
-        elif tool == "s3fs":
-            subprocess.run(["s3fs", BUCKET, str(self.mnt), "-o", f"url={endpoint}",
-                            "-o", "use_path_request_style", "-o", "public_bucket=1", "-o", "ro"],
-                           check=True, env=ENV)
-            self.pattern = f"s3fs {BUCKET} {self.mnt}"
-        else:
-            subprocess.run(["rclone", "mount", f":s3,provider=Other,endpoint='{endpoint}',"
-                            f"env_auth=false:{BUCKET}", str(self.mnt), "--daemon", "--read-only"],
-                           check=True, env=ENV, stderr=subprocess.DEVNULL)
-            self.pattern = f"rclone mount .* {self.mnt}"
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(self.mnt) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def record(self, profile: str, workload: str, tool: str, runs: list[tuple[float, float]],
+               served: dict, nbytes: int = 0, note: str = "") -> None:
+        walls = sorted(w for w, _ in runs)
+        cpus = sorted(c for _, c in runs)
+        wall, cpu = statistics.median(walls), statistics.median(cpus)
+        self.results.append({
+            "profile": profile, "workload": workload, "tool": tool, "seconds": round(wall, 3),
+            "runs": [round(w, 3) for w in walls], "cpu": round(cpu, 2),
+            "MB/s": round(nbytes / wall / 1e6, 1) if nbytes else None,
+            "requests": sum(served.get(k, 0) for k in ("GET", "HEAD", "LIST")),
+            "MB_asked": round(served.get("GET_bytes", 0) / 1e6, 1), "note": note})
+        spread = f" ({walls[0]:.2f}-{walls[-1]:.2f})" if len(walls) > 1 else ""
+        say(f"{profile:<10} {workload:<40} {tool:<11} {wall:7.2f} s{spread}  cpu {cpu:5.2f} s  "
+            f"asked {served.get('GET_bytes', 0) / 1e6:7.1f} MB {note}")
 
-    def series(self) -> Path:
-        return self.mnt / (self.meta["ct"]["path"] if self.tool == "idcfs" else self.meta["ct"]["uuid"])
+    def counted(self, run) -> tuple[tuple[float, float], dict]:
+        self.server.reset()
+        result = run()
+        return result, self.server.counts()
 
-    def big(self) -> Path:
-        return self.mnt / (self.meta["sm"]["path"] if self.tool == "idcfs" else self.meta["sm"]["key"])
+    def once(self, run) -> tuple[list[tuple[float, float]], dict]:
+        """One warm run, counted: (its runs, what the endpoint served)."""
+        result, served = self.counted(run)
+        return [result], served
 
-    def listing_root(self) -> Path:
-        return self.mnt / (self.meta["ct"]["patient"] if self.tool == "idcfs" else self.meta["ct"]["uuid"])
+    def cold(self, files: list[Path], once, times: int) -> tuple[list, dict]:
+        runs, served = [], {}
+        for _ in range(times):
+            warm_endpoint(files)
+            result, served = self.counted(once)
+            runs.append(result)
+        return runs, served
 
-    def rss(self) -> float:
-        return peak_rss_mb(self.pattern)
-
-    def __enter__(self) -> "Mount":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
-        deadline = time.monotonic() + 10
-        while subprocess.run(["pgrep", "-f", self.pattern], capture_output=True).returncode == 0 \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-# -- workloads -----------------------------------------------------------------------------------
-
-def random_reads(path: Path, seed: int = 3) -> float:
-    size = path.stat().st_size
-    rng = random.Random(seed)
-    started = time.perf_counter()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for _ in range(RANDOM_READS):
-            assert len(os.pread(fd, 65536, rng.randrange(0, size - 65536))) == 65536
-    finally:
-        os.close(fd)
-    return time.perf_counter() - started
-
-
-def header_scan(folder: Path) -> float:
-    started = time.perf_counter()
-    for name in sorted(os.listdir(folder)):
-        pydicom.dcmread(folder / name, stop_before_pixels=True)
-    return time.perf_counter() - started
-
-
-def dd(path: Path) -> float:
-    return run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], stderr=subprocess.DEVNULL)
-
-
-def warm_server(files: list[Path]) -> None:
-    """Have the endpoint's files in the page cache before a cold run, whichever tool ran last:
-    cold means the client starts from nothing, and every tool finds the server the same way."""
-    for path in files:
-        with open(path, "rb") as f:
-            while f.read(8 << 20):
-                pass
-
-
-def measure(latency: int, endpoint: str, server: str, work: Path, meta: dict, results: list,
-            repeat: int) -> None:
-    """Every workload against endpoint (the server, or the latency proxy in front of it); what
-    each run asked of the server is counted at server, its own address."""
-    tmp = work / "tmp"
-
-    def record(workload: str, tool: str, seconds: float | list[float], served: dict,
-               nbytes: int = 0, rss: float = 0.0):
-        runs = sorted(seconds) if isinstance(seconds, list) else [seconds]
-        median = statistics.median(runs)
-        results.append({"latency_ms": latency, "workload": workload, "tool": tool,
-                        "seconds": round(median, 4), "runs": [round(x, 4) for x in runs],
-                        "MB/s": round(nbytes / median / 1e6, 1) if nbytes else None,
-                        "peak_rss_MB": round(rss, 1) or None,
-                        "requests": sum(served.get(k, 0) for k in ("GET", "HEAD", "LIST")),
-                        "MB_asked": round(served.get("GET_bytes", 0) / 1e6, 1)})
-        spread = f"  ({runs[0]:.3f}-{runs[-1]:.3f})" if len(runs) > 1 else ""
-        say(f"{latency:>3} ms  {workload:<34} {tool:<11} {median:8.3f} s{spread}")
-
-    def fresh(name: str) -> Path:
-        path = tmp / name
+    def fresh(self, name: str) -> Path:
+        path = self.work / "tmp" / name
         shutil.rmtree(path, ignore_errors=True)
         return path
 
-    def counted(timed) -> tuple[float, dict]:
-        """The seconds timed() reports, and what the server answered meanwhile."""
-        s3server.counts(server, reset=True)
-        seconds = timed()
-        return seconds, s3server.counts(server)
+    def mount(self, tool: str, endpoint: str, *extra: str) -> Mount:
+        return Mount(tool, endpoint, self.ca.ca_pem, self.work, ENV, extra)
 
-    def cold(files: list[Path], once) -> tuple[list[float], dict, float]:
-        """once(last) repeated from a fresh start: its times, what the server answered in the
-        last run, and the highest peak RSS it reported."""
-        times, peak = [], 0.0
-        for i in range(repeat):
-            warm_server(files)
-            seconds, served, rss = once(i == repeat - 1)
-            times.append(seconds)
-            peak = max(peak, rss)
-        return times, served, peak
+    # -- workloads ------------------------------------------------------------------------
 
-    ct_bytes = meta["ct"]["bytes"]
-    ct_files = sorted((work / "s3" / BUCKET / meta["ct"]["uuid"]).iterdir())
-    big_file = [work / "s3" / BUCKET / meta["sm"]["key"]]
+    def series_copy(self, profile: str, endpoint: str, peers: bool) -> None:
+        ct = self.meta["ct"]
+        files = sorted((self.store / ct["uuid"]).iterdir())
+        work = "cold cp -r of a 292-file CT series"
 
-    def mounted_cp(tool: str) -> tuple[float, dict, float]:
-        with Mount(tool, endpoint, work, meta) as m:
-            return *counted(lambda: run(["cp", "-r", str(m.series()), str(fresh("copy"))])), m.rss()
+        def copy(tool: str):
+            def once():
+                with self.mount(tool, endpoint) as m:
+                    return through(m, ["cp", "-r", str(m.path(ct["path"], ct["uuid"])),
+                                       str(self.fresh("copy"))])
+            return once
 
-    def s5cmd(source: str, target: str) -> tuple[float, dict, float]:
-        return *counted(lambda: run([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url",
-                                     endpoint, "cp", f"s3://{BUCKET}/{source}", target])), 0.0
+        for tool in ("idcfs", *(("s3fs", "rclone") if peers else ())):
+            runs, served = self.cold(files, copy(tool), self.repeat if tool == "idcfs" else 1)
+            self.record(profile, work, tool, runs, served, ct["bytes"])
+        runs, served = self.cold(files, lambda: s5cmd(
+            endpoint, self.ca.ca_pem, ENV, "cp", f"s3://{BUCKET}/{ct['uuid']}/*",
+            f"{self.fresh('copy')}/"), self.repeat)
+        self.record(profile, work, "s5cmd", runs, served, ct["bytes"])
+        runs, served = self.cold(files, lambda: ceiling(
+            endpoint, self.ca.ca_pem, ENV, "series", f"{ct['uuid']}/", str(self.fresh("copy"))), 1)
+        self.record(profile, work, "aiobotocore", runs, served, ct["bytes"])
 
-    def ceiling(*args: str) -> tuple[float, dict, float]:
-        return *counted(lambda: run([sys.executable, str(ROOT / "bench" / "ceiling.py"), args[0],
-                                     endpoint, BUCKET, *args[1:]])), 0.0
+    def volume_load(self, profile: str, endpoint: str, peers: bool) -> None:
+        ct = self.meta["ct"]
+        files = sorted((self.store / ct["uuid"]).iterdir())
+        work = "pydicom volume load of the series"
+        load = [sys.executable, str(ROOT / "bench" / "load.py"), "volume"]
+        for tool in ("idcfs", *(("s3fs", "rclone") if peers else ())):
+            def once(tool=tool):
+                with self.mount(tool, endpoint) as m:
+                    return through(m, [*load, str(m.path(ct["path"], ct["uuid"]))])
+            runs, served = self.cold(files, once, 1)
+            self.record(profile, work, tool, runs, served, ct["bytes"])
 
-    # Cold copy of a CT series.
-    for tool in ("idcfs", "s3fs", "rclone"):
-        times, served, peak = cold(ct_files, lambda last, tool=tool: mounted_cp(tool))
-        record("cold cp -r of a 292-file CT series", tool, times, served, ct_bytes, peak)
-    series = meta["ct"]["uuid"]
-    times, served, _ = cold(ct_files, lambda last: s5cmd(f"{series}/*", f"{fresh('copy')}/"))
-    record("cold cp -r of a 292-file CT series", "s5cmd", times, served, ct_bytes)
-    times, served, _ = cold(ct_files, lambda last: ceiling("series", f"{series}/", str(fresh("copy"))))
-    record("cold cp -r of a 292-file CT series", "aiobotocore", times, served, ct_bytes)
+        def download_then_load():
+            target = self.fresh("volume")
+            wall, cpu = s5cmd(endpoint, self.ca.ca_pem, ENV, "cp", f"s3://{BUCKET}/{ct['uuid']}/*",
+                              f"{target}/")
+            local, _ = timed([*load, str(target)])
+            return wall + local, cpu
+        runs, served = self.cold(files, download_then_load, 1)
+        self.record(profile, work, "s5cmd", runs, served, ct["bytes"], "download, then load")
 
-    # Cold sequential read of 1 GiB; after the last idcfs run, warm re-reads through its mount.
-    def warm(m: Mount) -> None:
-        record("warm re-read of 1 GiB (page cache)", "idcfs", *counted(lambda: dd(m.big())),
-               BIG_SIZE, m.rss())
+    def big_read(self, profile: str, endpoint: str, peers: bool, warm: bool) -> None:
+        sm = self.meta["sm"]
+        files = [self.store / sm["key"]]
+        work = "cold sequential read of 1 GiB"
+        dd = ["dd", "of=/dev/null", "bs=1M"]
+
+        for tool in ("idcfs", *(("s3fs", "rclone") if peers else ())):
+            def once(tool=tool):
+                with self.mount(tool, endpoint) as m:
+                    result = through(m, [*dd, f"if={m.path(sm['path'], sm['key'])}"])
+                    if tool == "idcfs" and warm:
+                        self.warm_rereads(profile, m)
+                return result
+            runs, served = self.cold(files, once, min(2, self.repeat) if tool == "idcfs" else 1)
+            self.record(profile, work, tool, runs, served, data.BIG_SIZE)
+        runs, served = self.cold(files, lambda: s5cmd(
+            endpoint, self.ca.ca_pem, ENV, "cp", f"s3://{BUCKET}/{sm['key']}",
+            str(self.fresh("big.dcm"))), 1)
+        self.record(profile, work, "s5cmd", runs, served, data.BIG_SIZE)
+        runs, served = self.cold(files, lambda: ceiling(endpoint, self.ca.ca_pem, ENV, "object",
+                                                        sm["key"]), 1)
+        self.record(profile, work, "aiobotocore", runs, served, data.BIG_SIZE)
+
+    def warm_rereads(self, profile: str, m: Mount) -> None:
+        sm, ct = self.meta["sm"], self.meta["ct"]
+        big = m.path(sm["path"], sm["key"])
+        self.record(profile, "warm re-read of 1 GiB (page cache)", "idcfs",
+                    *self.once(lambda: through(m, ["dd", f"if={big}", "of=/dev/null", "bs=1M"])),
+                    data.BIG_SIZE)
         drop_caches()
-        record("warm re-read of 1 GiB (disk cache)", "idcfs", *counted(lambda: dd(m.big())),
-               BIG_SIZE, m.rss())
-        run(["cp", "-r", str(m.series()), str(fresh("copy"))])
+        self.record(profile, "warm re-read of 1 GiB (disk cache)", "idcfs",
+                    *self.once(lambda: through(m, ["dd", f"if={big}", "of=/dev/null", "bs=1M"])),
+                    data.BIG_SIZE)
+        series = m.path(ct["path"], ct["uuid"])
+        through(m, ["cp", "-r", str(series), str(self.fresh("copy"))])
         drop_caches()
-        record("warm cp -r of the series (disk cache)", "idcfs",
-               *counted(lambda: run(["cp", "-r", str(m.series()), str(fresh("copy"))])),
-               ct_bytes, m.rss())
+        self.record(profile, "warm cp -r of the series (disk cache)", "idcfs",
+                    *self.once(lambda: through(m, ["cp", "-r", str(series),
+                                                   str(self.fresh("copy"))])), ct["bytes"])
 
-    def mounted_dd(tool: str, last: bool) -> tuple[float, dict, float]:
-        with Mount(tool, endpoint, work, meta) as m:
-            seconds, served = counted(lambda: dd(m.big()))
-            if tool == "idcfs" and last:
-                warm(m)
-            return seconds, served, m.rss()
+    def readers(self, profile: str, endpoint: str, peers: bool) -> None:
+        sm = self.meta["sm"]
+        for n in (4, 8):
+            work = f"{n} readers of one object at once ({READ_MB} MiB each)"
+            for tool in ("idcfs", *(("s3fs", "rclone") if peers else ())):
+                def once(tool=tool):
+                    with self.mount(tool, endpoint) as m:
+                        cp = ["cp", "-r", str(m.path(self.meta["ct"]["path"], self.meta["ct"]["uuid"])),
+                              str(self.fresh("copy"))]
+                        subprocess.run(cp, check=True)  # "right after a series had been read"
+                        command = ["sh", "-c", " & ".join(
+                            [f"dd if='{m.path(sm['path'], sm['key'])}' of=/dev/null bs=1M "
+                             f"count={READ_MB} 2>/dev/null"] * n) + " & wait"]
+                        self.server.reset()
+                        result = through(m, command)
+                        return result, self.server.counts()
+                (result, served) = once()
+                ratio = served.get("GET_bytes", 0) / (READ_MB << 20)
+                self.record(profile, work, tool, [result], served, READ_MB << 20,
+                            f"asked/read {ratio:.2f}x")
 
-    for tool in ("idcfs", "s3fs", "rclone"):
-        times, served, peak = cold(big_file, lambda last, tool=tool: mounted_dd(tool, last))
-        record("cold sequential read of 1 GiB", tool, times, served, BIG_SIZE, peak)
-    times, served, _ = cold(big_file, lambda last: s5cmd(meta["sm"]["key"], str(fresh("big.dcm"))))
-    record("cold sequential read of 1 GiB", "s5cmd", times, served, BIG_SIZE)
-    drop_caches()
-    record("re-read of 1 GiB from local disk (reference)", "local disk",
-           *counted(lambda: dd(tmp / "big.dcm")), BIG_SIZE)
-    times, served, _ = cold(big_file, lambda last: ceiling("object", meta["sm"]["key"]))
-    record("cold sequential read of 1 GiB", "aiobotocore", times, served, BIG_SIZE)
+    def loader(self, profile: str, endpoint: str) -> None:
+        series = self.meta["loader"]
+        files = [p for s in series for p in (self.store / s["uuid"]).iterdir()]
+        total = sum(s["bytes"] for s in series)
+        work = f"loader: 8 workers, {len(series)} series with pydicom"
+        load = [sys.executable, str(ROOT / "bench" / "load.py"), "loader", "8"]
 
-    # Random 64 KiB reads, pydicom header scan, recursive listing: fresh mounts, cold.
-    for tool in ("idcfs", "s3fs", "rclone"):
-        with Mount(tool, endpoint, work, meta) as m:
-            record(f"{RANDOM_READS} random 64 KiB reads in 1 GiB", tool,
-                   *counted(lambda: random_reads(m.big())), 0, m.rss())
-            record("pydicom header scan of the series", tool,
-                   *counted(lambda: header_scan(m.series())), 0, m.rss())
-        with Mount(tool, endpoint, work, meta) as m:
-            record("ls -lR of a patient (cold)", tool,
-                   *counted(lambda: run(["ls", "-lR", str(m.listing_root())])), 0, m.rss())
-            record("find -name '*.dcm' (again)", tool,
-                   *counted(lambda: run(["find", str(m.listing_root()), "-name", "*.dcm"])), 0,
-                   m.rss())
-    record(f"{RANDOM_READS} random 64 KiB reads in 1 GiB", "aiobotocore",
-           *ceiling("random", meta["sm"]["key"], str(RANDOM_READS), "3")[:2])
+        def through_idcfs():
+            with self.mount("idcfs", endpoint) as m:
+                return through(m, [*load, *(str(m.path(s["path"], s["uuid"])) for s in series)])
+        runs, served = self.cold(files, through_idcfs, 1)
+        self.record(profile, work, "idcfs", runs, served, total)
+
+        def download():
+            target = self.fresh("loader")
+            target.mkdir(parents=True)
+            commands = self.work / "tmp" / "loader.s5cmd"
+            commands.write_text("".join(f"cp s3://{BUCKET}/{s['uuid']}/* {target}/{s['uuid']}/\n"
+                                        for s in series))
+            return s5cmd(endpoint, self.ca.ca_pem, ENV, "run", str(commands))
+        runs, served = self.cold(files, download, 1)
+        self.record(profile, work, "s5cmd", runs, served, total, "download only")
+
+    def listing(self, profile: str, endpoint: str) -> None:
+        big = self.meta["listing"]
+        work = f"first ls of a {big['files']:,}-file series"
+        cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.work / "tmp"))
+        for what in (work, "ls of it after a remount (persisted)"):
+            with Mount("idcfs", endpoint, self.ca.ca_pem, self.work, ENV, cache=cache) as m:
+                folder = m.path(big["path"], big["uuid"])
+                self.record(profile, what, "idcfs", *self.once(lambda: through(m, ["ls", str(folder)])))
+        self.record(profile, work, "s5cmd", *self.once(lambda: s5cmd(
+            endpoint, self.ca.ca_pem, ENV, "ls", f"s3://{BUCKET}/{big['uuid']}/*")))
+
+    def slide(self, profile: str, endpoint: str, peers: bool) -> None:
+        view = [sys.executable, str(ROOT / "bench" / "slide_view.py")]
+        for table, slide in self.meta["slides"].items():
+            files = sorted((self.store / slide["uuid"]).iterdir())
+            work = (f"slide ({'BOT' if table == 'bot' else 'no offset table'}, level 0 "
+                    f"{slide['level0'] / 1e9:.1f} GB): thumbnail + a region")
+            for tool in ("idcfs", *(("s3fs",) if peers else ())):
+                def once(tool=tool):
+                    with self.mount(tool, endpoint) as m:
+                        return through(m, [*view, str(m.path(slide["path"], slide["uuid"])
+                                                      / "level0.dcm")])
+                runs, served = self.cold(files, once, 1)
+                self.record(profile, work, tool, runs, served,
+                            note=f"asked {100 * served.get('GET_bytes', 0) / slide['bytes']:.1f} % "
+                                 f"of the slide")
+
+            def download_then_view():
+                target = self.fresh("slide")
+                wall, cpu = s5cmd(endpoint, self.ca.ca_pem, ENV, "cp",
+                                  f"s3://{BUCKET}/{slide['uuid']}/*", f"{target}/")
+                local, _ = timed([*view, str(target / "level0.dcm")])
+                return wall + local, cpu
+            runs, served = self.cold(files, download_then_view, 1)
+            self.record(profile, work, "s5cmd", runs, served, note="download, then view")
 
 
-def table(results: list) -> str:
+def table(results: list[dict]) -> str:
     lines = []
-    for latency in sorted({r["latency_ms"] for r in results}):
-        lines.append(f"\n### {latency} ms per request\n")
-        lines.append("| workload | tool | seconds | runs | MB/s | peak RSS MB | requests | MB asked for "
-                     "| tool's time / idcfs's |")
-        lines.append("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-        rows = [r for r in results if r["latency_ms"] == latency]
+    for profile in dict.fromkeys(r["profile"] for r in results):
+        lines += [f"\n### {profile}: {describe(profile)}\n",
+                  "| workload | tool | seconds (range) | CPU s | MB/s | requests | MB asked | "
+                  "speed vs s5cmd | CPU vs s5cmd | note |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        rows = [r for r in results if r["profile"] == profile]
         for r in rows:
-            mine = next((x for x in rows if x["workload"] == r["workload"] and x["tool"] == "idcfs"), None)
-            ratio = f"{r['seconds'] / mine['seconds']:.2f}×" if mine and r is not mine else ""
-            runs = "-".join(f"{x:.3f}" for x in (r["runs"][0], r["runs"][-1])) if len(r["runs"]) > 1 else ""
-            lines.append(f"| {r['workload']} | {r['tool']} | {r['seconds']:.3f} | {runs} | "
-                         f"{r['MB/s'] or ''} | {r['peak_rss_MB'] or ''} | {r['requests']} | "
-                         f"{r['MB_asked']} | {ratio} |")
+            ref = next((x for x in rows if x["workload"] == r["workload"] and x["tool"] == "s5cmd"),
+                       None)
+            speed = f"{ref['seconds'] / r['seconds']:.2f}x" if ref and r is not ref else ""
+            cpu = f"{r['cpu'] / ref['cpu']:.2f}x" if ref and r is not ref and ref["cpu"] else ""
+            spread = f" ({r['runs'][0]:.2f}-{r['runs'][-1]:.2f})" if len(r["runs"]) > 1 else ""
+            lines.append(f"| {r['workload']} | {r['tool']} | {r['seconds']:.2f}{spread} | "
+                         f"{r['cpu']:.2f} | {r['MB/s'] or ''} | {r['requests']} | {r['MB_asked']} "
+                         f"| {speed} | {cpu} | {r['note']} |")
     return "\n".join(lines)
+
+
+def describe(profile: str) -> str:
+    latency, rate = PROFILES[profile]
+    return (f"{latency} ms per request, " + (f"{rate} Mb/s shared" if rate else "no bandwidth limit")
+            if latency or rate else "no link (CPU per byte and per file)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latency", default="0,20", help="ms per request, comma-separated")
+    parser.add_argument("--profiles", default=DEFAULT, help=f"comma-separated (default: {DEFAULT})")
+    parser.add_argument("--peers-in", default="20ms,40ms-1G",
+                        help="profiles in which s3fs-fuse and rclone run too (default: 20ms,40ms-1G)")
+    parser.add_argument("--repeat", type=int, default=3, help="cold runs of idcfs and s5cmd")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "idcfs-bench")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="cold runs of the series copy and the 1 GiB read per tool; the "
-                             "median is reported (default: 3)")
     args = parser.parse_args()
-    missing = [t for t in ("s3fs", "rclone", "fusermount3") if shutil.which(t) is None]
-    if missing:
-        print(f"bench: install {' '.join(missing)} first (apt-get install s3fs rclone fuse3)",
+    profiles = [p for p in args.profiles.split(",") if p]
+    unknown = [p for p in profiles if p not in PROFILES]
+    if unknown:
+        print(f"bench: unknown profile(s) {', '.join(unknown)}; known: {', '.join(PROFILES)}",
               file=sys.stderr)
         return 1
+    missing = [t for t in ("s3fs", "rclone", "fusermount3", "nginx") if shutil.which(t) is None]
+    if missing:
+        print(f"bench: install {' '.join(missing)} first (apt-get install s3fs rclone fuse3 "
+              f"nginx-light)", file=sys.stderr)
+        return 1
     args.work.mkdir(parents=True, exist_ok=True)
-    meta = prepare(args.work)
+    meta = data.prepare(args.work, say)
     for sub in ("mnt", "tmp"):
         shutil.rmtree(args.work / sub, ignore_errors=True)
         (args.work / sub).mkdir()
-    port = sample.free_port()
-    server = s3server.start(args.work / "s3", port)
-    results: list = []
+    ca = make_ca(Path(tempfile.mkdtemp(prefix="idcfs-bench-ca-")), "idcfs benchmark CA")
+    server = Endpoint(args.work / "s3", ca.cert_pem, ca.key_pem)
+    bench = Bench(args.work, meta, ca, server, args.repeat)
+    started = time.monotonic()
     try:
-        for latency in (int(x) for x in args.latency.split(",")):
-            proxy = None
-            endpoint = f"http://127.0.0.1:{port}"
-            if latency:
-                proxy_port = sample.free_port()
-                proxy = subprocess.Popen([sys.executable, str(ROOT / "bench" / "latency_proxy.py"),
-                                          str(proxy_port), str(port), str(latency)])
+        for n, profile in enumerate(profiles):
+            latency, rate = PROFILES[profile]
+            link = None
+            endpoint = server.url
+            if latency or rate:
+                port = free_port()
+                link = subprocess.Popen([sys.executable, str(ROOT / "bench" / "link.py"), str(port),
+                                         str(server.port), str(latency), str(rate or 0)])
                 time.sleep(0.5)
-                endpoint = f"http://127.0.0.1:{proxy_port}"
+                endpoint = f"https://127.0.0.1:{port}"
+            peers = profile in args.peers_in.split(",")
+            say(f"profile {profile} ({describe(profile)}), {n + 1} of {len(profiles)}, "
+                f"{(time.monotonic() - started) / 60:.0f} min so far")
             try:
-                measure(latency, endpoint, f"http://127.0.0.1:{port}", args.work, meta, results,
-                        args.repeat)
+                bench.series_copy(profile, endpoint, peers)
+                bench.volume_load(profile, endpoint, peers)
+                bench.big_read(profile, endpoint, peers, warm=n == 0)
+                bench.readers(profile, endpoint, peers)
+                bench.loader(profile, endpoint)
+                bench.slide(profile, endpoint, peers)
+                if n == 0:
+                    bench.listing(profile, endpoint)
             finally:
-                if proxy:
-                    proxy.terminate()
-                    proxy.wait()
+                if link:
+                    link.terminate()
+                    link.wait()
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
         for mnt in (args.work / "mnt").iterdir():
             subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
         shutil.rmtree(args.work / "tmp", ignore_errors=True)
-    print(table(results))
+    say(f"done in {(time.monotonic() - started) / 60:.1f} min")
+    print(table(bench.results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps(bench.results, indent=1))
     return 0
 
 

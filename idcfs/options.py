@@ -209,7 +209,7 @@ def markdown_table() -> str:
     for option in OPTIONS:
         left = "`" + ", ".join(
             f"{flag} {option.metavar}" if option.metavar and flag.startswith("--") else flag
-            for flag in option.flags) + "`"
+            for flag in option.flags).replace("|", "\\|") + "`"
         meaning = _help(option).replace("%%", "%").replace("|", "\\|")
         lines.append(f"| {left} | {meaning} |")
     return "\n".join(lines)

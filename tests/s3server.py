@@ -13,6 +13,9 @@ whole object's checksums (`x-goog-hash: crc32c=...,md5=...` and `x-amz-checksum-
 a client validating them against a range's bytes must not do.
 
     python tests/s3server.py ROOT [--port N] [--cert PEM --key PEM] [--gcs]
+
+With IDCFS_S3SERVER_LOG=FILE in its environment it also appends each GET's key and range to
+FILE (to see what a workload fetched, not only how much).
 """
 
 from __future__ import annotations
@@ -204,6 +207,9 @@ def make_app(root: Path, gcs: bool = False) -> web.Application:
         start = 0 if wanted.start is None else max(0, size + wanted.start if wanted.start < 0
                                                    else wanted.start)
         counts["GET_bytes"] += (size if wanted.stop is None else min(size, wanted.stop)) - start
+        if os.environ.get("IDCFS_S3SERVER_LOG"):
+            with open(os.environ["IDCFS_S3SERVER_LOG"], "a") as trace:
+                print(f"GET {key} {start}-{wanted.stop}", file=trace)
         return web.FileResponse(store.root / name / key, headers=headers)
 
     app = web.Application()

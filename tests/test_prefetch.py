@@ -15,7 +15,8 @@ from test_cache import BS, CountingSource, slow_disk
 
 # The policy scaled to 1 KiB blocks, so that tests use small objects.
 SMALL = Policy(whole_object_limit=4 * BS, readahead_start=BS, readahead_cap=16 * BS,
-               readahead_chunk_blocks=4, sequential_slack=2 * BS, series_ahead_bytes=50 * BS)
+               readahead_chunk_blocks=4, sequential_slack=2 * BS, stream_min=2 * BS,
+               series_ahead_bytes=50 * BS)
 
 
 def run_with_reader(source, body, memory=1 << 22):
@@ -232,18 +233,35 @@ def test_the_same_files_in_a_ct_series_are_fetched_whole_and_ahead():
     assert whole and whole <= set(source.gets)
 
 
-def test_small_reads_moving_forward_with_gaps_through_a_slide_level_are_read_ahead():
-    """A reader walking the fragment headers of a level without an offset table: 8-byte reads,
-    one a tile apart. Read ahead as a stream: a few large GETs, each block once."""
+def test_reads_that_cover_what_they_pass_are_a_stream_read_ahead_in_large_gets():
+    """A reader walking the fragment headers of a level without an offset table reaches FUSE
+    as the kernel's readahead of nearly every page, a little out of order and with small gaps:
+    read ahead as a stream, in a few large GETs, each block once."""
     source = CountingSource({"level0": 64 * BS})
-    tile = BS // 3
+    reads = [(offset + (BS // 8 if i % 3 == 1 else 0), BS // 2)
+             for i, offset in enumerate(range(0, 64 * BS - BS, BS // 2))]
 
     async def body(reader):
         stream = reader.stream(source.ref("level0"), "SM")
-        for offset in range(0, 64 * BS - 8, tile):
-            assert await reader.read(stream, offset, 8) == source.data["level0"][offset:offset + 8]
+        for offset, size in reads:
+            assert await reader.read(stream, offset, size) == source.data["level0"][offset:offset + size]
 
     run_with_reader(source, body)
     assert len(source.gets) < 64 // 3
     blocks = [b for _, start, length in source.gets for b in range(start // BS, (start + length) // BS)]
     assert sorted(blocks) == sorted(set(blocks))  # each block fetched once
+
+
+def test_reads_of_a_regions_tile_rows_fetch_only_their_blocks():
+    """A viewer reading a region jumps forward a row of tiles at a time and reads a fraction of
+    what it passes: no readahead, only the blocks of the rows."""
+    source = CountingSource({"level0": 64 * BS})
+    rows = [(row * 6 * BS, BS // 2) for row in range(1, 9)]  # half a block every six blocks
+
+    async def body(reader):
+        stream = reader.stream(source.ref("level0"), "SM")
+        for offset, size in rows:
+            assert await reader.read(stream, offset, size) == source.data["level0"][offset:offset + size]
+
+    run_with_reader(source, body)
+    assert sorted(start // BS for _, start, _ in source.gets) == [o // BS for o, _ in rows]

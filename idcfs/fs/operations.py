@@ -161,7 +161,7 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         self._open[fh] = handle
         if isinstance(handle, Stream):
-            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=not handle.direct, direct_io=handle.direct)
         return pyfuse3.FileInfo(fh=fh, direct_io=True)  # /.idcfs: its size changes
 
     @handler

@@ -12,6 +12,7 @@ from ..index import naming
 from ..errors import SourceError
 from ..failures import FailureLog
 from ..listings import Listings
+from ..dicom import has_offset_table
 from ..index.naming import NAME_MAX
 from ..objects import ObjectRef
 from ..prefetch import Reader, Stream
@@ -160,7 +161,22 @@ class TreeNodes:
 
         stream = self.reader.stream(object_at(node.file), ref.modality)
         self.reader.opened(ref, node.file, listing.sizes, ref.modality, object_at)
+        if stream.policy.tiled:
+            await self._choose_page_cache(stream)
         return stream
+
+    async def _choose_page_cache(self, stream: Stream) -> None:
+        """A slide's file with an offset table is read past the kernel's page cache: its reader
+        reads tiles where the table says, and the kernel's readahead of each (up to 4 MiB of a
+        mount as root) fetched several times the blocks a region needs. One without a table is
+        walked fragment by fragment in small reads, which the page cache gathers into large
+        ones. Nothing is read ahead of a reader that reads by the table: it knows where the tiles
+        are. Telling them apart needs the file's header: its first block, which the reader asks
+        for next anyway."""
+        head = await self.within_budget(
+            self.reader.cache.read(stream.obj, 0, self.reader.cache.block_size),
+            f"reading {stream.obj.key} at 0")
+        stream.direct = has_offset_table(head) is True
 
     async def read(self, stream: Stream, offset: int, size: int) -> bytes:
         if stream.failed_recently(offset, size, FAILED_READ_MEMORY):

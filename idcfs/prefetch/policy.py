@@ -19,9 +19,11 @@ class Policy:
     readahead_cap: int = 64 << 20  # the window doubles up to this
     readahead_chunk_blocks: int = 8  # blocks per readahead GET (and per disk file)
     sequential_slack: int = 8 << 20  # a read this near the stream's end counts as sequential
+    stream_min: int = 2 << 20  # reads are a stream once they have covered this much
     series_first_ahead: int = 2  # files fetched ahead when the first file of a series opens
     series_ahead_bytes: int = 48 << 20  # then this much ahead of the reader
     in_flight_bytes: int = 64 << 20  # background fetches in flight, per mount
+    tiled: bool = False  # a slide's: files with an offset table are read past the page cache
 
     def for_modality(self, modality: str) -> Policy:
         """The policy for a series of this modality: a slide's files are read by the block
@@ -29,5 +31,5 @@ class Policy:
         another one of the slide was opened."""
         if modality in TILED:
             return replace(self, whole_object_limit=0, series_first_ahead=0,
-                           series_ahead_bytes=0)
+                           series_ahead_bytes=0, tiled=True)
         return self

@@ -77,7 +77,7 @@ class Reader:
         return await self.cache.read(obj, offset, size)
 
     def _read_ahead(self, stream: Stream, offset: int, size: int) -> None:
-        if self._nursery is None:
+        if self._nursery is None or stream.direct:
             return
         for first, last in readahead.plan(stream, offset, size, self.cache.block_size):
             self._prefetch(stream.obj, first, last)

@@ -15,9 +15,12 @@ class Stream:
     obj: ObjectRef
     policy: Policy = Policy()
     next_offset: int = 0
+    span_start: int = 0  # where the current run of reads began
+    read_bytes: int = 0  # what its reads have covered
     window: int = 0
     ahead_until: int = 0
     failed: tuple[int, int, float] | None = None
+    direct: bool = False  # read past the kernel's page cache (and its readahead)
 
     @property
     def whole(self) -> bool:

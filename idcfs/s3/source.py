@@ -41,12 +41,15 @@ class ObjectSource:
     def __init__(self, endpoint_url: str | None, max_connections: int = 64,
                  ca_bundle: str | None = None) -> None:
         self.endpoint_url = endpoint_url
-        self.max_connections = max_connections
+        # One bound for both pools (at least one connection each): a quarter for listings
+        # (botocore's), the rest for GETs.
+        self._listing_connections = max(1, max_connections // 4)
         self.ca_bundle = ca_bundle
         self.health = Health()
         self.hedging = Hedging()
         self._session = isolated_session()
-        self._gets = ObjectGets(endpoint_url, max_connections, ca_bundle)
+        self._gets = ObjectGets(endpoint_url, max(1, max_connections - self._listing_connections),
+                                ca_bundle)
         self._stack = contextlib.AsyncExitStack()
         self._client = None
 
@@ -58,7 +61,7 @@ class ObjectSource:
         return self._session.create_client(
             "s3", region_name=DEFAULT_REGION, endpoint_url=self.endpoint_url,
             verify=self.ca_bundle or True,
-            config=client_config(self.endpoint_url, self.max_connections, attempts,
+            config=client_config(self.endpoint_url, self._listing_connections, attempts,
                                  connect_timeout, read_timeout))
 
     async def start(self) -> None:

@@ -1,0 +1,18 @@
+"""What a pathologist's viewer does first with a slide: open it, show its thumbnail, show a
+1024x1024 region of the base level at its centre (OpenSlide).
+
+    python bench/slide_view.py FILE_OF_THE_SLIDE
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import openslide
+
+slide = openslide.OpenSlide(sys.argv[1])
+thumbnail = slide.associated_images["thumbnail"]
+width, height = slide.level_dimensions[0]
+region = np.asarray(slide.read_region((width // 2, height // 2), 0, (1024, 1024)))
+print(slide.level_count, thumbnail.size, region.shape)

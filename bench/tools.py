@@ -1,0 +1,115 @@
+"""The tools under test, each run the way its users run it, with the CPU seconds of its own
+processes read from /proc: the daemon of a mount (idcfs, s3fs-fuse, rclone mount), the client
+process of a download (s5cmd, the plain-aiobotocore ceiling). The programs that read through a
+mount (cp, dd, pydicom) are the same for every mount and are not counted."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BUCKET = "idc-open-data"
+TICK = os.sysconf("SC_CLK_TCK")
+MOUNTS = ("idcfs", "s3fs", "rclone")
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def _pids(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class Mount:
+    """A fresh mount of one tool, with its own empty cache, unmounted on exit."""
+
+    def __init__(self, tool: str, endpoint: str, ca: Path, work: Path, env: dict,
+                 extra: tuple[str, ...] = (), cache: Path | None = None) -> None:
+        """cache: an idcfs cache directory to use and keep (default: a new one, removed)."""
+        self.tool = tool
+        self.mnt = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=work / "mnt"))
+        self._own_cache = cache is None
+        self.cache = cache or Path(tempfile.mkdtemp(prefix="cache-", dir=work / "tmp"))
+        if tool == "idcfs":
+            subprocess.run([str(BIN / "idcfs"), "mount", str(self.mnt), "--index",
+                            str(work / "index"), "--endpoint-url", endpoint, "--ca-bundle", str(ca),
+                            "--cache-dir", str(self.cache), *extra], check=True, env=env)
+            self.pattern = f"idcfs mount {self.mnt} "
+        elif tool == "s3fs":
+            subprocess.run(["s3fs", BUCKET, str(self.mnt), "-o", f"url={endpoint}",
+                            "-o", "use_path_request_style", "-o", "public_bucket=1", "-o", "ro",
+                            "-o", "no_check_certificate"], check=True, env=env)  # no CA option
+            self.pattern = f"s3fs {BUCKET} {self.mnt}"
+        else:
+            subprocess.run(["rclone", "mount", f":s3,provider=Other,endpoint='{endpoint}',"
+                            f"env_auth=false:{BUCKET}", str(self.mnt), "--daemon", "--read-only",
+                            "--ca-cert", str(ca)], check=True, env=env, stderr=subprocess.DEVNULL)
+            self.pattern = f"rclone mount .* {self.mnt}"
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def path(self, idcfs_path: str, key: str) -> Path:
+        """A file or folder: the idcfs path, or the object key in the bucket's own layout."""
+        return self.mnt / (idcfs_path if self.tool == "idcfs" else key)
+
+    def cpu(self) -> float:
+        return _cpu(_pids(self.pattern))
+
+    def __enter__(self) -> Mount:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
+        deadline = time.monotonic() + 15
+        while _pids(self.pattern) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
+        if self._own_cache:
+            shutil.rmtree(self.cache, ignore_errors=True)
+
+
+def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def through(mount: Mount, command: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the mount's daemon) of a command reading through it."""
+    cpu = mount.cpu()
+    wall, _ = timed(command)
+    time.sleep(0.2)  # the daemon's last replies
+    return wall, mount.cpu() - cpu
+
+
+def s5cmd(endpoint: str, ca: Path, env: dict, *args: str) -> tuple[float, float]:
+    return timed([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url", endpoint, *args],
+                 env={**env, "SSL_CERT_FILE": str(ca)})
+
+
+def ceiling(endpoint: str, ca: Path, env: dict, *args: str) -> tuple[float, float]:
+    return timed([sys.executable, str(ROOT / "bench" / "ceiling.py"), args[0], endpoint, BUCKET,
+                  *args[1:]], env={**env, "AWS_CA_BUNDLE": str(ca)})
