@@ -24,7 +24,11 @@ class Attributes:
     timestamp_ns: int
 
     def of(self, entry: Entry) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
+        return self.fill(pyfuse3.EntryAttributes(), entry)
+
+    def fill(self, attr: pyfuse3.EntryAttributes, entry: Entry) -> pyfuse3.EntryAttributes:
+        """attr made to describe entry (every field set): a listing of 91,980 files reuses one
+        instead of making one per entry."""
         attr.st_ino = entry.inode
         if entry.is_dir:
             attr.st_mode = stat.S_IFDIR | (0o555 & ~self.umask)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
     """A directory or a file as the kernel sees it. volatile: its size or content changes
     (/.idcfs), so the kernel must not keep its attributes."""

@@ -12,6 +12,7 @@ from ..index import naming
 from ..errors import SourceError
 from ..failures import FailureLog
 from ..listings import Listings
+from .. import inodes
 from ..dicom import has_offset_table
 from ..index.naming import NAME_MAX
 from ..objects import ObjectRef
@@ -137,9 +138,9 @@ class TreeNodes:
         position = 0
         for row, listing in leaf:
             count = len(listing.names)
+            names, sizes = listing.names, listing.sizes
             for i in range(max(0, start - position), count):
-                yield naming.encode(listing.names[i]), self.entry(Node(FILE, row, i),
-                                                                  listing.sizes[i])
+                yield naming.encode(names[i]), Entry(inodes.file(row, i), False, size=sizes[i])
             position += count
 
     async def xattrs(self, inode: int) -> dict[str, str]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import ssl
+from xml.etree import ElementTree
 
 import truststore
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
+from aiobotocore.parsers import AioResponseParserFactory, AioRestXMLParser
 from aiobotocore.session import AioSession
 from botocore import UNSIGNED, __version__ as botocore_version
 from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES, ConstantProvider
@@ -35,6 +37,47 @@ class _SystemTrust(AIOHTTPSession):
         return super()._get_ssl_context()
 
 
+class _ListingParser(AioRestXMLParser):
+    """botocore's rest-xml parser, with ListObjectsV2's body parsed in one pass: its generic
+    walk of the shapes was three quarters of the CPU of listing a 91,980-file series (92 pages).
+    The fields idcfs reads come out as botocore gives them (IsTruncated a bool, Size an int,
+    a ValueError for a Size that is not a number); any other body goes to botocore's own."""
+
+    def _parse_payload(self, response, shape, member_shapes, final_parsed):
+        if shape.name != "ListObjectsV2Output":
+            return super()._parse_payload(response, shape, member_shapes, final_parsed)
+        try:
+            root = ElementTree.fromstring(response["body"])
+        except ElementTree.ParseError:
+            root = None
+        if root is None or root.tag.rpartition("}")[2] != "ListBucketResult":
+            return super()._parse_payload(response, shape, member_shapes, final_parsed)
+        ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        contents = []
+        for node in root.iterfind(ns + "Contents"):
+            entry = {"Key": node.findtext(ns + "Key"), "ETag": node.findtext(ns + "ETag")}
+            size = node.findtext(ns + "Size")
+            if size is not None:
+                entry["Size"] = int(size)
+            contents.append(entry)
+        if contents:
+            final_parsed["Contents"] = contents
+        for field in ("NextContinuationToken", "ContinuationToken", "Prefix", "Name"):
+            value = root.findtext(ns + field)
+            if value is not None:
+                final_parsed[field] = value
+        truncated = root.findtext(ns + "IsTruncated")
+        if truncated is not None:
+            final_parsed["IsTruncated"] = truncated.strip().lower() == "true"
+
+
+class _ParserFactory(AioResponseParserFactory):
+    def create_parser(self, protocol_name):
+        if protocol_name == "rest-xml":
+            return _ListingParser(**self._defaults)
+        return super().create_parser(protocol_name)
+
+
 def isolated_session() -> AioSession:
     """A botocore session that reads no AWS configuration: no profile, no config or credentials
     file, no AWS_* variable. An unsigned client of public buckets needs none of it, and each of
@@ -51,9 +94,9 @@ def isolated_session() -> AioSession:
         store.set_config_provider(section, ConstantProvider({}))
     # Timestamps in responses (Last-Modified) are never used; botocore would parse each one
     # with dateutil, about a fifth of its CPU per GetObject. Keep them as the raw text.
-    session.get_component("response_parser_factory").set_parser_defaults(
-        timestamp_parser=_raw_timestamp
-    )
+    parsers = _ParserFactory()
+    parsers.set_parser_defaults(timestamp_parser=_raw_timestamp)
+    session.register_component("response_parser_factory", parsers)
     return session
 
 
