@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ http {{
         location / {{
             if ($args != "") {{ proxy_pass http://127.0.0.1:{api}; }}
             root {data};
+            try_files $uri =404;  # a key is a file; a "folder" is no object, as in S3
         }}
     }}
 }}

@@ -76,6 +76,11 @@ class Bench:
 
     def record(self, profile: str, workload: str, tool: str, runs: list[tuple[float, float]],
                served: dict, nbytes: int = 0, note: str = "") -> None:
+        if not runs:  # the tool failed at it (said when it did)
+            self.results.append({"profile": profile, "workload": workload, "tool": tool,
+                                 "seconds": None, "runs": [], "cpu": None, "MB/s": None,
+                                 "requests": 0, "MB_asked": 0, "note": "failed"})
+            return
         walls = sorted(w for w, _ in runs)
         cpus = sorted(c for _, c in runs)
         wall, cpu = statistics.median(walls), statistics.median(cpus)
@@ -100,10 +105,15 @@ class Bench:
         return [result], served
 
     def cold(self, files: list[Path], once, times: int) -> tuple[list, dict]:
+        """times runs of once, each with the endpoint warm; no runs if the tool fails."""
         runs, served = [], {}
         for _ in range(times):
             warm_endpoint(files)
-            result, served = self.counted(once)
+            try:
+                result, served = self.counted(once)
+            except subprocess.CalledProcessError as exc:
+                say(f"failed: {' '.join(map(str, exc.cmd))[:120]} (status {exc.returncode})")
+                return [], {}
             runs.append(result)
         return runs, served
 
@@ -295,8 +305,11 @@ def table(results: list[dict]) -> str:
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         rows = [r for r in results if r["profile"] == profile]
         for r in rows:
-            ref = next((x for x in rows if x["workload"] == r["workload"] and x["tool"] == "s5cmd"),
-                       None)
+            if r["seconds"] is None:
+                lines.append(f"| {r['workload']} | {r['tool']} | failed | | | | | | | |")
+                continue
+            ref = next((x for x in rows if x["workload"] == r["workload"] and x["tool"] == "s5cmd"
+                        and x["seconds"]), None)
             speed = f"{ref['seconds'] / r['seconds']:.2f}x" if ref and r is not ref else ""
             cpu = f"{r['cpu'] / ref['cpu']:.2f}x" if ref and r is not ref and ref["cpu"] else ""
             spread = f" ({r['runs'][0]:.2f}-{r['runs'][-1]:.2f})" if len(r["runs"]) > 1 else ""

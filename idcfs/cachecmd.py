@@ -41,7 +41,8 @@ def stats(cache_dir: Path) -> int:
         return 1
     blocks, block_bytes = _du(directory(cache_dir), blocks_in_file)
     listings, listing_bytes = _du(cache_dir / "listings")
-    trees = [p for p in (cache_dir / "index").glob("*") if p.is_dir()] if (cache_dir / "index").is_dir() else []
+    built = cache_dir / "index"
+    trees = [p for p in built.glob("*") if p.is_dir()] if built.is_dir() else []
     tree_bytes = sum(_du(p)[1] for p in trees)
     print(f"cache directory  {cache_dir}")
     print(f"blocks           {blocks} ({block_bytes / 1e6:.1f} MB)")

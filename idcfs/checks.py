@@ -52,7 +52,7 @@ def endpoint_url(url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.hostname or " " in url:
         raise UsageError(f"malformed endpoint URL {url!r}: expected http(s)://host[:port]")
     try:
-        parsed.port
+        _ = parsed.port
     except ValueError as exc:
         raise UsageError(f"malformed endpoint URL {url!r}: bad port") from exc
     return url

@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
-    umount = sub.add_parser("umount", help="unmount an idcfs mount", description="Unmount MOUNTPOINT.")
+    umount = sub.add_parser("umount", help="unmount an idcfs mount",
+                            description="Unmount MOUNTPOINT.")
     umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
 
     sub.add_parser("status", help="list the idcfs mounts with their version, cache use and health",

@@ -90,7 +90,8 @@ def mount_config(args: argparse.Namespace, fuse: set[str]) -> MountConfig:
         mountpoint=mountpoint,
         index_dir=index_dir.resolve(),
         cache_dir=cache_dir,
-        cache_size=args.cache_size if args.cache_size is not None else default_cache_size(cache_dir),
+        cache_size=(args.cache_size if args.cache_size is not None
+                    else default_cache_size(cache_dir)),
         uid=args.uid if args.uid is not None else os.getuid(),
         gid=args.gid if args.gid is not None else os.getgid(),
         endpoint_url=endpoint,

@@ -218,7 +218,8 @@ class _Mount:
         try:
             if self._tree.rows:
                 first = self._tree.series(0)
-                self._problem = await self._bridge.run(self.source.check(first.bucket, first.prefix))
+                self._problem = await self._bridge.run(
+                    self.source.check(first.bucket, first.prefix))
         finally:
             self._checked.set()
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("idcfs")
 
 
 class FailureLog:
-    def __init__(self, burst: int = 10, period: float = 10.0) -> None:
-        self.burst, self.period = burst, period
+    def __init__(self, burst: int = 10, period: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.period, self._clock = burst, period, clock
         self._window_start = 0.0
         self._in_window = 0
         self._suppressed = 0
@@ -19,7 +21,7 @@ class FailureLog:
     def log(self, exc: BaseException, unexpected: str | None = None) -> None:
         """Log a failed request with its cause; unexpected names what failed for a reason
         nobody foresaw, logged with its traceback."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._window_start >= self.period:
             if self._suppressed:
                 log.error("%d more failed requests in the last %.0f s were not logged one by one",

@@ -37,7 +37,8 @@ class SingleFlight(Generic[K]):
         """Done getting key, well or not: wake whoever waits (they look again)."""
         self._pending.pop(key).set()
 
-    async def get(self, key: K, have: Callable[[], V | None], make: Callable[[], Awaitable[V]]) -> V:
+    async def get(self, key: K, have: Callable[[], V | None],
+                  make: Callable[[], Awaitable[V]]) -> V:
         """have() if it has the value; else what whoever is getting it got; else make()."""
         while (value := have()) is None and (event := self._pending.get(key)) is not None:
             await event.wait()

@@ -37,7 +37,8 @@ def _row(mountpoint: str, pool: concurrent.futures.ThreadPoolExecutor) -> list[s
         return [mountpoint, "?", "?", f"error: {exc.strerror}", "", ""]
     options, stats = found["options"], found["stats"]
     errors = stats.get("errors", 0)
-    cache = f"{stats.get('disk_cache_bytes', 0) / 1e9:.2f} of {stats.get('disk_cache_limit', 0) / 1e9:.1f} GB"
+    used, limit = stats.get("disk_cache_bytes", 0), stats.get("disk_cache_limit", 0)
+    cache = f"{used / 1e9:.2f} of {limit / 1e9:.1f} GB"
     health = "ok" if not errors else f"ok, {errors} failed request(s) (see its log)"
     return [mountpoint, str(options.get("idc_version")), options.get("source", "?"), health, cache,
             _endpoint(stats)]

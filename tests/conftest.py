@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import s3server  # noqa: E402
 import sample as sample_data  # noqa: E402
 
+from idcfs.index import naming  # noqa: E402
 from idcfs.mounts import is_mounted  # noqa: E402,F401 - shared with the tests
 
 IDCFS = [sys.executable, "-m", "idcfs"]
@@ -102,8 +103,6 @@ def tools_sample(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="session")
 def tools_copy(tools_sample: sample_data.Sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tool sample's objects written to a local directory tree of the mount's shape."""
-    from test_mount import series_dir
-
     root = tmp_path_factory.mktemp("local") / "copy"
     for row in tools_sample.rows:
         folder = series_dir(root, row)
@@ -122,6 +121,13 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
                    check=True)
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def series_dir(mount: Path, row: dict) -> Path:
+    """A row's series folder under a mount of the default layout."""
+    return (mount / naming.encode(row["collection_id"]) / naming.encode(row["PatientID"])
+            / naming.encode(row["StudyInstanceUID"])
+            / naming.encode(f"{row['Modality']}_{row['SeriesInstanceUID']}"))
 
 
 def in_blocks(data: bytes, block_size: int) -> list[bytes]:

@@ -12,10 +12,9 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 import s3server
-from conftest import daemon_pids, mounted, run_idcfs
+from conftest import daemon_pids, mounted, run_idcfs, series_dir
 from idcfs.data_cache import DiskBlocks
 from idcfs.objects import BLOCK_SIZE, ObjectRef
-from test_mount import series_dir
 
 
 def biggest_file(sample, mnt):
@@ -116,7 +115,8 @@ def test_reads_stay_exact_when_the_cache_disk_fills_up_and_it_is_said(sample, fa
                 assert (series_dir(mnt, row) / name).read_bytes() == data
                 read += len(data)
         assert read > 4 << 20  # more than the disk holds
-        assert os.statvfs(tmpfs).f_bavail * os.statvfs(tmpfs).f_frsize < 1 << 20
+        # The disk filled: which blocks were left out when it did depends on the writers' order.
+        assert os.statvfs(tmpfs).f_bavail * os.statvfs(tmpfs).f_frsize < 2 << 20
     text = log.read_text()
     assert ("cannot write to the disk cache" in text
             or "the disk of the cache is nearly full" in text), text

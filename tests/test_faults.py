@@ -15,8 +15,7 @@ import pytest
 
 import s3server
 import sample as sample_data
-from conftest import Endpoint, mounted
-from test_mount import series_dir
+from conftest import Endpoint, mounted, series_dir
 from test_source import HtmlPage, serving
 
 BUDGET = 4.0

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from conftest import IDCFS, force_unmount, is_mounted, mounted, run_idcfs
-from test_mount import series_dir
+from conftest import IDCFS, force_unmount, is_mounted, mounted, run_idcfs, series_dir
 
 
 def wait_for(predicate, timeout: float = 30) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from conftest import series_dir
 from idcfs.index import naming
 
 
@@ -28,12 +29,6 @@ def expected_tree(rows: list[dict]) -> dict:
              .setdefault(naming.encode(r["PatientID"]), {})
              .setdefault(naming.encode(r["StudyInstanceUID"]), {}))[series] = r
     return tree
-
-
-def series_dir(mount: Path, row: dict) -> Path:
-    return (mount / naming.encode(row["collection_id"]) / naming.encode(row["PatientID"])
-            / naming.encode(row["StudyInstanceUID"])
-            / naming.encode(f"{row['Modality']}_{row['SeriesInstanceUID']}"))
 
 
 def all_files(sample, mount: Path):

@@ -22,8 +22,8 @@ import pytest
 import httpproxy
 import s3server
 import sample as sample_data
-from conftest import IDCFS, Endpoint, make_ca, mounted, mounting, run_idcfs, serving
-from test_mount import series_dir
+from conftest import (IDCFS, Endpoint, make_ca, mounted, mounting, run_idcfs, series_dir,
+                      serving)
 from test_source import serving as serving_handler
 
 from idcfs.s3.source import ObjectSource

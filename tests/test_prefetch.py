@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-import pytest
 import trio
 
 from idcfs.data_cache import BlockCache, DiskBlocks, Pacing

@@ -14,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import sample as sample_data
-from conftest import daemon_pids, mounted, sample_daemon, serving
-from test_mount import series_dir
+from conftest import daemon_pids, mounted, sample_daemon, series_dir, serving
 
 from idcfs.index import naming
 

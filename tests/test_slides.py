@@ -24,8 +24,7 @@ import pytest
 import s3server
 import sample as sample_data
 import slides
-from conftest import mounted, serving
-from test_mount import series_dir
+from conftest import mounted, series_dir, serving
 
 pytest.importorskip("openslide")
 pytest.importorskip("wsidicom")

@@ -17,11 +17,10 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import force_unmount, mounted
+from conftest import force_unmount, mounted, series_dir
 from pydicom.fileset import FileSet
 from pydicom.uid import (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
                          JPEGLSNearLossless, RLELossless)
-from test_mount import series_dir
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "load_series.py"
 # dcmtk's decoder for each compressed transfer syntax in the sample; dcmconv reads the rest.

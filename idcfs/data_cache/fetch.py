@@ -35,7 +35,8 @@ async def fetch_run(fetch: Fetch, obj: ObjectRef, first: int, last: int,
     start = first * block_size
     end = min(obj.size, (last + 1) * block_size)
     blocks = await fetch(obj, start, end - start, block_size)
-    if [len(b) for b in blocks] != [obj.block_length(i, block_size) for i in range(first, last + 1)]:
+    expected = [obj.block_length(i, block_size) for i in range(first, last + 1)]
+    if [len(b) for b in blocks] != expected:
         raise SourceError(f"s3://{obj.bucket}/{obj.key}: blocks {first}-{last} came back as "
                           f"{len(blocks)} blocks of the wrong sizes; not used")
     if start == 0 and end == obj.size and obj.etag and _MD5.fullmatch(obj.etag):

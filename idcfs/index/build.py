@@ -167,7 +167,8 @@ def _citations(table: pa.Table) -> list[dict]:
     grouped = table.group_by(["source_DOI", "license_short_name"]).aggregate(
         [("collection_id", "distinct"), ("crdc_series_uuid", "count")])
     out = [{"source_DOI": r["source_DOI"], "license": r["license_short_name"],
-            "collections": sorted(r["collection_id_distinct"]), "series": r["crdc_series_uuid_count"]}
+            "collections": sorted(r["collection_id_distinct"]),
+            "series": r["crdc_series_uuid_count"]}
            for r in grouped.to_pylist()]
     return sorted(out, key=lambda c: (c["collections"], c["source_DOI"] or ""))
 

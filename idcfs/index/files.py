@@ -86,7 +86,8 @@ def check_index_dir(index_dir: Path) -> Path:
 
 def _tree_key(parquet: Path, sel: Selection) -> str:
     files = [parquet, parquet.parent / PRIOR_FILE]
-    stamps = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists()]
+    stamps = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+              for f in files if f.exists()]
     ident = f"{FORMAT_VERSION}|{'|'.join(stamps)}|{sel.key()}"
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 

@@ -93,7 +93,8 @@ def read_manifest(path: Path) -> list[str]:
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadSelection(f"cannot read manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise BadSelection(f"cannot read manifest {path}: {reason}") from None
     entries = []
     for number, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
@@ -153,7 +154,8 @@ def rows(con, index_dir: Path, sel: Selection):
     prior_path = index_dir / PRIOR_FILE
     columns = pq.read_schema(index_dir / "idc_index.parquet").names
     gcs_map = "CASE aws_bucket " + " ".join(
-        f"WHEN {_quote(a)} THEN {_quote(g)}" for a, g in GCS_BUCKETS.items()) + " ELSE aws_bucket END"
+        f"WHEN {_quote(a)} THEN {_quote(g)}" for a, g in GCS_BUCKETS.items()
+    ) + " ELSE aws_bucket END"
     bucket = "aws_bucket" if sel.source == "aws" else "gcs_bucket"
     version = sel.idc_version
     current = f"SELECT *, {gcs_map} AS gcs_bucket FROM read_parquet({index})"
@@ -165,9 +167,11 @@ def rows(con, index_dir: Path, sel: Selection):
         select = [f"p.{c}" if c in PRIOR_OWN_COLUMNS and c in prior_names
                   else ("CAST(NULL AS BIGINT)" if c == "instanceCount" else f"c.{c}")
                   for c in columns]
-        gcs = "p.gcs_bucket" if "gcs_bucket" in prior_names else gcs_map.replace("aws_bucket", "p.aws_bucket")
+        gcs = ("p.gcs_bucket" if "gcs_bucket" in prior_names
+               else gcs_map.replace("aws_bucket", "p.aws_bucket"))
         parts.append(
-            f"SELECT {', '.join(f'{s} AS {c}' for s, c in zip(select, columns))}, {gcs} AS gcs_bucket "
+            f"SELECT {', '.join(f'{s} AS {c}' for s, c in zip(select, columns))}, "
+            f"{gcs} AS gcs_bucket "
             f"FROM read_parquet({_quote(str(prior_path))}) p "
             f"LEFT JOIN read_parquet({index}) c ON p.SeriesInstanceUID = c.SeriesInstanceUID "
             f"WHERE p.min_idc_version <= {int(version)} AND {int(version)} <= p.max_idc_version")

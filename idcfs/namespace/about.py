@@ -87,7 +87,8 @@ class AboutNodes:
             return (json.dumps(self.stats(), indent=1, sort_keys=True) + "\n").encode()
         lines = ["source_DOI\tlicense\tseries\tcollections"]
         for c in self.meta.get("citations", []):
-            doi = f"https://doi.org/{c['source_DOI']}" if c["source_DOI"] else "(no DOI in the index)"
+            doi = (f"https://doi.org/{c['source_DOI']}" if c["source_DOI"]
+                   else "(no DOI in the index)")
             lines.append(f"{doi}\t{c['license'] or '(unknown)'}\t{c['series']}\t"
                          f"{','.join(c['collections'])}")
         return ("\n".join(lines) + "\n").encode()

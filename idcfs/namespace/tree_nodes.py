@@ -180,7 +180,7 @@ class TreeNodes:
         stream.direct = has_offset_table(head) is True
 
     async def read(self, stream: Stream, offset: int, size: int) -> bytes:
-        if stream.failed_recently(offset, size, FAILED_READ_MEMORY):
+        if stream.failed_recently(offset, size, FAILED_READ_MEMORY, trio.current_time()):
             self.errors += 1
             raise Unavailable
         data = self.reader.read_now(stream, offset, size)
@@ -190,7 +190,7 @@ class TreeNodes:
             return await self.within_budget(self.reader.read(stream, offset, size),
                                             f"reading {stream.obj.key} at {offset}")
         except Unavailable:
-            stream.remember_failure(offset, size)
+            stream.remember_failure(offset, size, trio.current_time())
             raise
 
     def usage(self) -> tuple[int, int]:

@@ -3,7 +3,6 @@ and the read that failed last."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from ..objects import ObjectRef
@@ -27,13 +26,14 @@ class Stream:
         """Whether the object is fetched whole on its first read."""
         return self.obj.size <= self.policy.whole_object_limit
 
-    def remember_failure(self, offset: int, size: int) -> None:
-        self.failed = (offset, offset + size, time.monotonic())
+    def remember_failure(self, offset: int, size: int, now: float) -> None:
+        self.failed = (offset, offset + size, now)
 
-    def failed_recently(self, offset: int, size: int, memory: float) -> bool:
+    def failed_recently(self, offset: int, size: int, memory: float, now: float) -> bool:
         """Whether a read of [offset, offset+size) overlaps the range that failed on this open
-        file less than memory seconds ago (the kernel's repeat after a failed readahead)."""
+        file less than memory seconds before now (the kernel's repeat after a failed
+        readahead)."""
         if self.failed is None:
             return False
         start, end, when = self.failed
-        return time.monotonic() - when < memory and start < offset + size and offset < end
+        return now - when < memory and start < offset + size and offset < end

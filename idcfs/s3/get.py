@@ -114,7 +114,8 @@ class ObjectGets:
                                        parsed_response={"Error": {"Code": code}},
                                        http_response=_Answer(answer.status, answer.headers),
                                        request_context=request_context)
-            if not (self._policy.should_retry(context) and self._quota.acquire_retry_quota(context)):
+            retry = self._policy.should_retry(context)
+            if not (retry and self._quota.acquire_retry_quota(context)):
                 raise failure
             await asyncio.sleep(self._policy.compute_retry_delay(context))
             attempt += 1

@@ -157,7 +157,9 @@ class ObjectSource:
                                   f"truncated page without a continuation token")
 
     async def _list_page(self, bucket: str, prefix: str, token: str | None) -> dict:
-        args = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+        args = {"Bucket": bucket, "Prefix": prefix}
+        if token:
+            args["ContinuationToken"] = token
 
         async def once(progress: Progress) -> dict:
             page = await self._client.list_objects_v2(**args)
