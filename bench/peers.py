@@ -13,8 +13,9 @@ bandwidth shared by all connections). Profiles:
 
 Peers: s5cmd (the downloader idc-index uses), s3fs-fuse and rclone mount (filesystems, with their
 defaults), and plain aiobotocore (the ceiling for Python). Each row gives wall time, the CPU
-seconds of the tool's own processes (the daemon of a mount, the client of a download), the
-requests and the bytes the endpoint was asked for (from its log), and the ratios against s5cmd.
+seconds of the tool's own processes (the daemon of a mount, the client of a download), the peak
+RSS of a mount's daemon, the requests and the bytes the endpoint was asked for (from its log),
+and the ratios against s5cmd.
 Cold runs start from a fresh mount with an empty cache; idcfs and s5cmd are repeated (medians,
 with the range), the slower peers are run once.
 
@@ -77,16 +78,19 @@ class Bench:
     def record(self, profile: str, workload: str, tool: str, runs: list[tuple[float, float]],
                served: dict, nbytes: int = 0, note: str = "") -> None:
         if not runs:  # the tool failed at it (said when it did)
+            Mount.peaks.pop(tool, None)
             self.results.append({"profile": profile, "workload": workload, "tool": tool,
-                                 "seconds": None, "runs": [], "cpu": None, "MB/s": None,
+                                 "seconds": None, "runs": [], "cpu": None, "MB/s": None, "rss": None,
                                  "requests": 0, "MB_asked": 0, "note": "failed"})
             return
         walls = sorted(w for w, _ in runs)
         cpus = sorted(c for _, c in runs)
+        rss = Mount.peaks.pop(tool, None)
         wall, cpu = statistics.median(walls), statistics.median(cpus)
         self.results.append({
             "profile": profile, "workload": workload, "tool": tool, "seconds": round(wall, 3),
             "runs": [round(w, 3) for w in walls], "cpu": round(cpu, 2),
+            "rss": round(rss) if rss else None,
             "MB/s": round(nbytes / wall / 1e6, 1) if nbytes else None,
             "requests": sum(served.get(k, 0) for k in ("GET", "HEAD", "LIST")),
             "MB_asked": round(served.get("GET_bytes", 0) / 1e6, 1), "note": note})
@@ -256,6 +260,11 @@ class Bench:
             return s5cmd(endpoint, self.ca.ca_pem, ENV, "run", str(commands))
         runs, served = self.cold(files, download, 1)
         self.record(profile, work, "s5cmd", runs, served, total, "download only")
+        if runs:  # what the load itself costs, without a network: the downloaded copy
+            target = self.work / "tmp" / "loader"
+            local = timed([*load, *(str(target / s["uuid"]) for s in series)])
+            self.record(profile, work, "local disk", [local], {}, total,
+                        "the load alone, from the downloaded copy (CPU: the loader's)")
 
     def listing(self, profile: str, endpoint: str) -> None:
         big = self.meta["listing"]
@@ -300,13 +309,13 @@ def table(results: list[dict]) -> str:
     lines = []
     for profile in dict.fromkeys(r["profile"] for r in results):
         lines += [f"\n### {profile}: {describe(profile)}\n",
-                  "| workload | tool | seconds (range) | CPU s | MB/s | requests | MB asked | "
-                  "speed vs s5cmd | CPU vs s5cmd | note |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  "| workload | tool | seconds (range) | CPU s | MB/s | peak RSS MB | requests | "
+                  "MB asked | speed vs s5cmd | CPU vs s5cmd | note |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         rows = [r for r in results if r["profile"] == profile]
         for r in rows:
             if r["seconds"] is None:
-                lines.append(f"| {r['workload']} | {r['tool']} | failed | | | | | | | |")
+                lines.append(f"| {r['workload']} | {r['tool']} | failed | | | | | | | | |")
                 continue
             ref = next((x for x in rows if x["workload"] == r["workload"] and x["tool"] == "s5cmd"
                         and x["seconds"]), None)
@@ -314,7 +323,8 @@ def table(results: list[dict]) -> str:
             cpu = f"{r['cpu'] / ref['cpu']:.2f}x" if ref and r is not ref and ref["cpu"] else ""
             spread = f" ({r['runs'][0]:.2f}-{r['runs'][-1]:.2f})" if len(r["runs"]) > 1 else ""
             lines.append(f"| {r['workload']} | {r['tool']} | {r['seconds']:.2f}{spread} | "
-                         f"{r['cpu']:.2f} | {r['MB/s'] or ''} | {r['requests']} | {r['MB_asked']} "
+                         f"{r['cpu']:.2f} | {r['MB/s'] or ''} | {r['rss'] or ''} | {r['requests']} | "
+                         f"{r['MB_asked']} "
                          f"| {speed} | {cpu} | {r['note']} |")
     return "\n".join(lines)
 

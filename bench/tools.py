@@ -32,13 +32,30 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
+def _peak_rss_mb(pids: list[int]) -> float:
+    """The largest peak resident set (VmHWM) among the processes, in MB."""
+    peak = 0.0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) * 1024 / 1e6)
+    return peak
+
+
 def _pids(pattern: str) -> list[int]:
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
 class Mount:
-    """A fresh mount of one tool, with its own empty cache, unmounted on exit."""
+    """A fresh mount of one tool, with its own empty cache, unmounted on exit. `peaks` holds the
+    largest daemon peak RSS (MB) seen per tool since the caller last took it."""
+
+    peaks: dict[str, float] = {}
 
     def __init__(self, tool: str, endpoint: str, ca: Path, work: Path, env: dict,
                  extra: tuple[str, ...] = (), cache: Path | None = None) -> None:
@@ -71,7 +88,10 @@ class Mount:
         return self.mnt / (idcfs_path if self.tool == "idcfs" else key)
 
     def cpu(self) -> float:
-        return _cpu(_pids(self.pattern))
+        """The CPU seconds of the daemon so far (and its peak RSS, kept in `peaks`)."""
+        pids = _pids(self.pattern)
+        Mount.peaks[self.tool] = max(Mount.peaks.get(self.tool, 0.0), _peak_rss_mb(pids))
+        return _cpu(pids)
 
     def __enter__(self) -> Mount:
         return self

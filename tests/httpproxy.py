@@ -13,10 +13,12 @@ from collections.abc import Iterator
 
 
 class Proxy:
-    """A forwarding proxy on 127.0.0.1; `seen` lists the "host:port" of every request."""
+    """A forwarding proxy on 127.0.0.1; `seen` lists the "host:port" of every request, `carried`
+    counts the bytes it brought back from them."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.carried = 0
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -47,11 +49,14 @@ class Proxy:
                 upstream_r, upstream_w = await asyncio.open_connection(host, int(port or 80))
                 self.seen.append(hostport)
                 upstream_w.write(head)
-            await asyncio.gather(_pipe(reader, upstream_w), _pipe(upstream_r, writer))
+            await asyncio.gather(_pipe(reader, upstream_w), _pipe(upstream_r, writer, self._carry))
         except (OSError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
             writer.close()
+
+    def _carry(self, n: int) -> None:
+        self.carried += n
 
     def start(self) -> None:
         self._thread.start()
@@ -62,9 +67,11 @@ class Proxy:
         self._thread.join(10)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                count=lambda n: None) -> None:
     try:
         while data := await reader.read(1 << 16):
+            count(len(data))
             writer.write(data)
             await writer.drain()
     except OSError:

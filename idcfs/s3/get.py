@@ -19,6 +19,7 @@ import urllib.request
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from botocore.retries import quota
 from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError,
                                  EndpointConnectionError, ProxyConnectionError, ReadTimeoutError,
@@ -68,6 +69,7 @@ class ObjectGets:
                                    ExponentialBackoff(service_name="s3",
                                                       throttling_detector=detector))
         self._quota = RetryQuotaChecker(quota.RetryQuota(), detector)
+        self._proxies: dict[tuple[str, str | None], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
 
     async def start(self, operation_model) -> None:
         """operation_model: botocore's S3 GetObject, for its retry rules."""
@@ -75,13 +77,24 @@ class ObjectGets:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._max_connections,
                                            ssl=tls_context(self._ca_bundle)),
-            timeout=self._timeout, trust_env=True, auto_decompress=False,
+            timeout=self._timeout, auto_decompress=False,
             headers={"User-Agent": user_agent(), "Accept-Encoding": "identity"},
             skip_auto_headers=("Content-Type",))
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def _proxy(self, url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """HTTPS_PROXY/HTTP_PROXY and NO_PROXY for url's host, read once per host: aiohttp's
+        trust_env reads them, and ~/.netrc in a thread, on every request."""
+        host = (url.scheme, url.host)
+        if host not in self._proxies:
+            try:
+                self._proxies[host] = get_env_proxy_for_url(url)
+            except LookupError:
+                self._proxies[host] = (None, None)
+        return self._proxies[host]
 
     def url(self, bucket: str, key: str) -> URL:
         path = quote(key, safe="/~")
@@ -98,7 +111,9 @@ class ObjectGets:
         attempt = 1
         while True:
             try:
-                answer = await self._session.get(url, headers={"Range": f"bytes={start}-{last}"})
+                proxy, proxy_auth = self._proxy(url)
+                answer = await self._session.get(url, headers={"Range": f"bytes={start}-{last}"},
+                                                 proxy=proxy, proxy_auth=proxy_auth)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 failure: Exception = _as_botocore(exc, str(url))
                 context = RetryContext(attempt, operation_model=self._operation,
