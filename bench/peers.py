@@ -25,6 +25,7 @@ with the range), the slower peers are run once.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -62,6 +63,16 @@ def warm_endpoint(paths: list[Path]) -> None:
         with open(path, "rb") as f:
             while f.read(8 << 20):
                 pass
+
+
+def digests(folder: Path) -> list[str]:
+    """The MD5s of the files in a folder, sorted: equal for two copies of a series, whatever the
+    files are called."""
+    return sorted(hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir())
+
+
+class WrongBytes(Exception):
+    """A tool's copy differs from the objects."""
 
 
 def drop_caches() -> None:
@@ -118,8 +129,16 @@ class Bench:
             except subprocess.CalledProcessError as exc:
                 say(f"failed: {' '.join(map(str, exc.cmd))[:120]} (status {exc.returncode})")
                 return [], {}
+            except WrongBytes as exc:
+                say(f"WRONG BYTES: {exc}")
+                return [], {}
             runs.append(result)
         return runs, served
+
+    def verify(self, copy: Path, uuid: str, tool: str) -> None:
+        """Every byte of a tool's copy of a series equals the objects (outside the timing)."""
+        if digests(copy) != digests(self.store / uuid):
+            raise WrongBytes(f"{tool}'s copy of {uuid} differs from the objects")
 
     def fresh(self, name: str) -> Path:
         path = self.work / "tmp" / name
@@ -139,16 +158,21 @@ class Bench:
         def copy(tool: str):
             def once():
                 with self.mount(tool, endpoint) as m:
-                    return through(m, ["cp", "-r", str(m.path(ct["path"], ct["uuid"])),
-                                       str(self.fresh("copy"))])
+                    result = through(m, ["cp", "-r", str(m.path(ct["path"], ct["uuid"])),
+                                         str(self.fresh("copy"))])
+                self.verify(self.work / "tmp" / "copy", ct["uuid"], tool)
+                return result
             return once
 
         for tool in ("idcfs", *(("s3fs", "rclone") if peers else ())):
             runs, served = self.cold(files, copy(tool), self.repeat if tool == "idcfs" else 1)
             self.record(profile, work, tool, runs, served, ct["bytes"])
-        runs, served = self.cold(files, lambda: s5cmd(
-            endpoint, self.ca.ca_pem, ENV, "cp", f"s3://{BUCKET}/{ct['uuid']}/*",
-            f"{self.fresh('copy')}/"), self.repeat)
+        def download():
+            result = s5cmd(endpoint, self.ca.ca_pem, ENV, "cp", f"s3://{BUCKET}/{ct['uuid']}/*",
+                           f"{self.fresh('copy')}/")
+            self.verify(self.work / "tmp" / "copy", ct["uuid"], "s5cmd")
+            return result
+        runs, served = self.cold(files, download, self.repeat)
         self.record(profile, work, "s5cmd", runs, served, ct["bytes"])
         runs, served = self.cold(files, lambda: ceiling(
             endpoint, self.ca.ca_pem, ENV, "series", f"{ct['uuid']}/", str(self.fresh("copy"))), 1)
@@ -189,6 +213,12 @@ class Bench:
                     (result, served) = self.counted(
                         lambda: through(m, [*dd, f"if={m.path(sm['path'], sm['key'])}"]))
                     runs.append(result)
+                    if tool == "idcfs" and subprocess.run(  # what it read and cached, again
+                            ["cmp", "-s", str(m.path(sm["path"], sm["key"])),
+                             str(self.store / sm["key"])]).returncode != 0:
+                        say("WRONG BYTES: idcfs's 1 GiB read differs from the object")
+                        runs = []
+                        break
                     if tool == "idcfs" and warm and i == 0:
                         self.warm_rereads(profile, m)
             self.record(profile, work, tool, runs, served, data.BIG_SIZE)

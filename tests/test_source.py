@@ -99,6 +99,22 @@ class HtmlPage(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Unavailable(http.server.BaseHTTPRequestHandler):
+    """503 to everything, counting the requests."""
+    requests = 0
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        Unavailable.requests += 1
+        body = b"<Error><Code>ServiceUnavailable</Code><Message>busy</Message></Error>"
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @contextlib.contextmanager
 def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -115,6 +131,18 @@ def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
 def test_an_endpoint_answering_with_a_web_page_is_an_error_saying_so(method, args):
     with serving(HtmlPage) as endpoint, pytest.raises(SourceError, match="HTML page"):
         run(endpoint, method, *args)
+
+
+def test_a_listing_makes_botocores_three_attempts_and_the_mount_check_one():
+    with serving(Unavailable) as endpoint:
+        Unavailable.requests = 0
+        with pytest.raises(SourceError, match="503"):
+            run(endpoint, "list_series", "idc-open-data", "x/")
+        # botocore's 3 attempts; a hedge makes its own 3 if their back-off outlasts its threshold
+        assert Unavailable.requests in (3, 6)
+        Unavailable.requests = 0
+        assert "503" in run(endpoint, "check", "idc-open-data", "x/")
+        assert Unavailable.requests == 1
 
 
 class IgnoresRange(http.server.BaseHTTPRequestHandler):

@@ -122,7 +122,7 @@ def client_config(endpoint_url: str | None, max_connections: int, attempts: int,
     return AioConfig(
         signature_version=UNSIGNED,
         max_pool_connections=max_connections,
-        retries={"max_attempts": attempts, "mode": "standard"},
+        retries={"total_max_attempts": attempts, "mode": "standard"},  # attempts, not retries
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         s3={"addressing_style": "path" if endpoint_url else "auto",
