@@ -14,11 +14,12 @@ import trio
 
 from conftest import in_blocks
 from idcfs.data_cache import BlockCache, DiskBlocks, clear
+from idcfs.data_cache.blockfile import slot
 from idcfs.errors import SourceError
 from idcfs.objects import ObjectRef
 
 BS = 1024
-BLOCKS = "blocks.v2"  # the cache directory of the block format
+BLOCKS = "blocks.v3"  # the cache directory of the block format
 
 
 class CountingSource:
@@ -155,7 +156,7 @@ def test_a_truncated_block_on_disk_is_fetched_again(source, tmp_path):
     assert fresh.disk.corrupt == 1
 
 
-@pytest.mark.parametrize("older", ["blocks", "blocks.v1"])
+@pytest.mark.parametrize("older", ["blocks", "blocks.v1", "blocks.v2"])
 def test_a_cache_of_an_older_format_is_removed_at_start_and_its_blocks_fetched_again(
         source, tmp_path, older):
     trio.run(make(source, tmp_path).read, source.ref("big"), 0, 20 * BS)
@@ -197,7 +198,7 @@ def test_a_temporary_file_being_written_now_is_left_alone_by_the_scan(source, tm
 
 
 def test_the_disk_cache_never_exceeds_its_bound_and_drops_the_oldest(source, tmp_path):
-    limit = 4 * (BS + 16)
+    limit = 4 * slot(BS)
     cache = make(source, tmp_path, limit=limit, memory=0)
     obj = source.ref("big")
     for i in range(8):
@@ -259,7 +260,7 @@ def test_blocks_the_disk_cannot_keep_up_with_are_skipped_not_queued_without_boun
 def test_concurrent_writers_keep_the_accounting_equal_to_the_disk(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    limit = 20 * (BS + 16)
+    limit = 20 * slot(BS)
     disk = DiskBlocks(tmp_path, limit)
     objs = [ObjectRef("idc-open-data", f"k{i}", 3 * BS) for i in range(40)]
 
@@ -394,7 +395,8 @@ def test_blocks_of_any_size_are_written_and_read_exactly_with_or_without_o_direc
         data = rng.randbytes(size)
         obj = ObjectRef("idc-open-data", f"k{i}", size)
         disk.put(obj, 0, data)
-        assert disk.path(obj, 0).stat().st_size == size + 16  # the block and its trailer
+        # the block and its trailer, in whole pages
+        assert disk.path(obj, 0).stat().st_size == slot(size)
         assert disk.get(obj, 0, size) == data
     assert disk.write_errors == 0
     assert disk.io.direct is direct  # (the test directory is on a filesystem with O_DIRECT)
@@ -432,7 +434,7 @@ def test_lookups_do_not_wait_for_an_eviction_on_a_slow_disk(tmp_path, monkeypatc
         real_unlink(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "unlink", slow_unlink)
-    disk.limit = 2 * (BS + 16)
+    disk.limit = 2 * slot(BS)
     evicting = threading.Thread(target=disk.put, args=(objs[0], 1, os.urandom(BS)))
     evicting.start()  # makes room: ~39 unlinks of 50 ms
     time.sleep(0.1)

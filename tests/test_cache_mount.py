@@ -101,7 +101,7 @@ def test_the_disk_cache_stays_within_its_bound(sample, fast_s3, tmp_path):
                 (r, item) for r in sample.rows for item in sample.series_objects(r).items()):
             assert (series_dir(mnt, row) / name).read_bytes() == data
             if i % 25 == 0 or len(data) > BLOCK_SIZE:
-                assert _settled_usage(tmp_path / "cache" / "blocks.v2") <= bound
+                assert _settled_usage(tmp_path / "cache" / "blocks.v3") <= bound
 
 
 def test_reads_stay_exact_when_the_cache_disk_fills_up_and_it_is_said(sample, fast_s3, tmp_path,

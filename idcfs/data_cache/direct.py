@@ -91,14 +91,14 @@ class DirectIO:
             _set_direct(fd, False)
             return os.preadv(fd, [view], offset)
 
-    def write(self, fd: int, image: memoryview, size: int) -> None:
-        """Write the file: its image (whole pages), then cut to size."""
-        if self.direct and self._write_direct(fd, image, size):
+    def write(self, fd: int, image: memoryview) -> None:
+        """Write the file's image (whole pages)."""
+        if self.direct and self._write_direct(fd, image):
             return
         with os.fdopen(fd, "wb", closefd=False) as out:
-            out.write(image[:size])
+            out.write(image)
 
-    def _write_direct(self, fd: int, image: memoryview, size: int) -> bool:
+    def _write_direct(self, fd: int, image: memoryview) -> bool:
         """False where the filesystem opened with O_DIRECT but refuses the write."""
         try:
             written = os.write(fd, image)
@@ -111,8 +111,6 @@ class DirectIO:
             return False
         if written != len(image):
             raise OSError(errno.EIO, f"short write to the disk cache ({written} of {len(image)})")
-        if size != len(image):
-            os.ftruncate(fd, size)
         return True
 
 

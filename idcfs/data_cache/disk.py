@@ -253,7 +253,7 @@ class DiskBlocks:
             if check_space:
                 self._keep_disk_free()
             self._evict()
-            self._write(path, datas, size)
+            self._write(path, datas)
         except BaseException as exc:
             with self._lock:
                 self._reserved -= size
@@ -266,7 +266,7 @@ class DiskBlocks:
             self._reserved -= size
             self._index.add(str(path), size)
 
-    def _write(self, path: Path, datas: list[bytes], size: int) -> None:
+    def _write(self, path: Path, datas: list[bytes]) -> None:
         tmp = path.parent / f".tmp-{self._tmp_prefix}{next(self._tmp_numbers)}"
         try:
             fd = self.io.create(tmp)
@@ -276,7 +276,7 @@ class DiskBlocks:
         try:
             with self._buffers.lend() as buf:
                 length = blockfile.write_image(buf, datas)
-                self.io.write(fd, memoryview(buf)[:length], size)
+                self.io.write(fd, memoryview(buf)[:length])
         except BaseException:
             os.close(fd)
             _unlink(tmp)
