@@ -85,6 +85,7 @@ class Bench:
         self.work, self.meta, self.ca, self.server, self.repeat = work, meta, ca, server, repeat
         self.results: list[dict] = []
         self.store = work / "s3" / BUCKET
+        self._digests: dict[str, list[str]] = {}  # of the objects of a series, made once
 
     def record(self, profile: str, workload: str, tool: str, runs: list[tuple[float, float]],
                served: dict, nbytes: int = 0, note: str = "") -> None:
@@ -137,7 +138,9 @@ class Bench:
 
     def verify(self, copy: Path, uuid: str, tool: str) -> None:
         """Every byte of a tool's copy of a series equals the objects (outside the timing)."""
-        if digests(copy) != digests(self.store / uuid):
+        if uuid not in self._digests:
+            self._digests[uuid] = digests(self.store / uuid)
+        if digests(copy) != self._digests[uuid]:
             raise WrongBytes(f"{tool}'s copy of {uuid} differs from the objects")
 
     def fresh(self, name: str) -> Path:
@@ -157,10 +160,11 @@ class Bench:
 
         def copy(tool: str):
             def once():
+                target = self.fresh("copy")
                 with self.mount(tool, endpoint) as m:
                     result = through(m, ["cp", "-r", str(m.path(ct["path"], ct["uuid"])),
-                                         str(self.fresh("copy"))])
-                self.verify(self.work / "tmp" / "copy", ct["uuid"], tool)
+                                         str(target)])
+                self.verify(target, ct["uuid"], tool)
                 return result
             return once
 
@@ -168,9 +172,10 @@ class Bench:
             runs, served = self.cold(files, copy(tool), self.repeat if tool == "idcfs" else 1)
             self.record(profile, work, tool, runs, served, ct["bytes"])
         def download():
+            target = self.fresh("copy")
             result = s5cmd(endpoint, self.ca.ca_pem, ENV, "cp", f"s3://{BUCKET}/{ct['uuid']}/*",
-                           f"{self.fresh('copy')}/")
-            self.verify(self.work / "tmp" / "copy", ct["uuid"], "s5cmd")
+                           f"{target}/")
+            self.verify(target, ct["uuid"], "s5cmd")
             return result
         runs, served = self.cold(files, download, self.repeat)
         self.record(profile, work, "s5cmd", runs, served, ct["bytes"])

@@ -3,9 +3,11 @@ real endpoints are), and real idcfs mounts."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -242,3 +244,30 @@ def gcs_s3(sample_tree: Path, test_ca: CertAuthority) -> Iterator[Endpoint]:
     """The same objects behind an endpoint that answers as GCS's XML API does."""
     with serving(sample_tree, test_ca, gcs=True) as endpoint:
         yield endpoint
+
+
+class Canned(http.server.BaseHTTPRequestHandler):
+    """A quiet HTTP endpoint whose do_GET gives one fixed answer (a web page, an error, a body
+    of the wrong length): what no well-behaved S3 endpoint says."""
+
+    def answer(self, status: int, body: bytes, content_type: str | None = None) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def answering(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local plain-HTTP endpoint answering with handler, for as long as the block runs."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import errno
 import hashlib
-import http.server
 import json
 import os
 import shutil
@@ -22,9 +21,8 @@ import pytest
 import httpproxy
 import s3server
 import sample as sample_data
-from conftest import (IDCFS, Endpoint, make_ca, mounted, mounting, run_idcfs, series_dir,
-                      serving)
-from test_source import serving as serving_handler
+from conftest import (IDCFS, Canned, Endpoint, answering, make_ca, mounted, mounting, run_idcfs,
+                      series_dir, serving)
 
 from idcfs.s3.source import ObjectSource
 
@@ -280,17 +278,10 @@ def test_the_gcs_like_endpoint_breaks_a_client_that_validates_range_checksums(
 
 # -- an endpoint that cannot be reached -------------------------------------------------------
 
-class _Forbidden(http.server.BaseHTTPRequestHandler):
+class _Forbidden(Canned):
     def do_GET(self):  # noqa: N802 - http.server's naming
-        body = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>no</Message></Error>"
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.answer(403, b"<?xml version='1.0'?><Error><Code>AccessDenied</Code>"
+                    b"<Message>no</Message></Error>", "application/xml")
 
 
 @pytest.mark.parametrize("case", ["refused", "proxy down", "http status"])
@@ -302,7 +293,7 @@ def test_an_endpoint_that_cannot_be_used_is_named_in_one_line_and_the_mount_stil
         assert (series_dir(mnt, row) / name).read_bytes() == data  # now in the cache
     port = sample_data.free_port()  # nothing listens there
     env = user_env(tmp_path / "home")
-    with (serving_handler(_Forbidden) if case == "http status" else contextlib.nullcontext()) \
+    with (answering(_Forbidden) if case == "http status" else contextlib.nullcontext()) \
             as forbidden:
         if case == "refused":
             endpoint, words = Endpoint(f"https://127.0.0.1:{port}"), [f"127.0.0.1:{port}", "refused"]

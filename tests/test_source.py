@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import http.server
-import threading
-from collections.abc import Iterator
 
 import pytest
 
 import s3server
-from conftest import in_blocks
+from conftest import Canned, answering, in_blocks
 from idcfs.errors import SourceError
 from idcfs.s3.source import ObjectSource
 
@@ -67,74 +63,44 @@ def test_an_endpoint_that_is_down_is_an_error_naming_it():
         run("http://127.0.0.1:9", "list_series", "idc-open-data", "x/")
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
+class _Recorder(Canned):
     seen: list[dict] = []
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         _Recorder.seen.append(dict(self.headers))
-        body = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
-                b"<Name>idc-open-data</Name><KeyCount>1</KeyCount><IsTruncated>false</IsTruncated>"
-                b"<Contents><Key>x/1.dcm</Key><Size>1</Size></Contents></ListBucketResult>")
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.answer(200, b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
+                    b"<Name>idc-open-data</Name><KeyCount>1</KeyCount>"
+                    b"<IsTruncated>false</IsTruncated>"
+                    b"<Contents><Key>x/1.dcm</Key><Size>1</Size></Contents></ListBucketResult>")
 
 
-class HtmlPage(http.server.BaseHTTPRequestHandler):
+class HtmlPage(Canned):
     """What a captive portal or a misconfigured proxy answers: 200 and a web page, to anything."""
 
     def do_GET(self):  # noqa: N802 - http.server's naming
-        body = b"<!DOCTYPE html><html><body>Please log in to continue</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.answer(200, b"<!DOCTYPE html><html><body>Please log in to continue</body></html>",
+                    "text/html; charset=utf-8")
 
 
-class Unavailable(http.server.BaseHTTPRequestHandler):
+class Unavailable(Canned):
     """503 to everything, counting the requests."""
     requests = 0
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         Unavailable.requests += 1
-        body = b"<Error><Code>ServiceUnavailable</Code><Message>busy</Message></Error>"
-        self.send_response(503)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
+        self.answer(503, b"<Error><Code>ServiceUnavailable</Code><Message>busy</Message></Error>")
 
 
 @pytest.mark.parametrize("method,args", [("list_series", ("idc-open-data", "x/")),
                                          ("get_blocks", ("idc-open-data", "x/1.dcm", 0, 66, 66)),
                                          ("get_blocks", ("idc-open-data", "x/1.dcm", 10, 20, 20))])
 def test_an_endpoint_answering_with_a_web_page_is_an_error_saying_so(method, args):
-    with serving(HtmlPage) as endpoint, pytest.raises(SourceError, match="HTML page"):
+    with answering(HtmlPage) as endpoint, pytest.raises(SourceError, match="HTML page"):
         run(endpoint, method, *args)
 
 
 def test_a_listing_makes_botocores_three_attempts_and_the_mount_check_one():
-    with serving(Unavailable) as endpoint:
+    with answering(Unavailable) as endpoint:
         Unavailable.requests = 0
         with pytest.raises(SourceError, match="503"):
             run(endpoint, "list_series", "idc-open-data", "x/")
@@ -145,22 +111,15 @@ def test_a_listing_makes_botocores_three_attempts_and_the_mount_check_one():
         assert Unavailable.requests == 1
 
 
-class IgnoresRange(http.server.BaseHTTPRequestHandler):
+class IgnoresRange(Canned):
     """An endpoint that answers every GET with the whole 100-byte object, whatever the Range."""
 
     def do_GET(self):  # noqa: N802 - http.server's naming
-        self.send_response(200)
-        self.send_header("Content-Type", "application/dicom")
-        self.send_header("Content-Length", "100")
-        self.end_headers()
-        self.wfile.write(bytes(range(100)))
-
-    def log_message(self, *args):
-        pass
+        self.answer(200, bytes(range(100)), "application/dicom")
 
 
 def test_a_range_answered_with_the_whole_object_is_refused_unless_it_starts_at_0():
-    with serving(IgnoresRange) as endpoint:
+    with answering(IgnoresRange) as endpoint:
         assert run(endpoint, "get_blocks", "idc-open-data", "x/1.dcm", 0, 100, 64) == \
             in_blocks(bytes(range(100)), 64)
         with pytest.raises(SourceError, match="without the range"):
@@ -168,7 +127,7 @@ def test_a_range_answered_with_the_whole_object_is_refused_unless_it_starts_at_0
 
 
 def test_a_body_longer_than_the_range_asked_for_is_an_error():
-    with serving(IgnoresRange) as endpoint, pytest.raises(SourceError, match="more than 50 bytes for a range of 50"):
+    with answering(IgnoresRange) as endpoint, pytest.raises(SourceError, match="more than 50 bytes for a range of 50"):
         run(endpoint, "get_blocks", "idc-open-data", "x/1.dcm", 0, 50, 64)
 
 
@@ -179,7 +138,7 @@ def test_requests_are_unsigned_even_with_credentials_in_the_environment(monkeypa
     creds = tmp_path / "credentials"
     creds.write_text("[default]\naws_access_key_id = AKIAFILE\naws_secret_access_key = s\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
-    with serving(_Recorder) as endpoint:
+    with answering(_Recorder) as endpoint:
         run(endpoint, "list_series", "idc-open-data", "x/")
     assert _Recorder.seen
     for headers in _Recorder.seen:
