@@ -262,6 +262,14 @@ class Canned(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class HtmlPage(Canned):
+    """What a captive portal or a misconfigured proxy answers: 200 and a web page, to anything."""
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self.answer(200, b"<!DOCTYPE html><html><body>Please log in to continue</body></html>",
+                    "text/html; charset=utf-8")
+
+
 @contextmanager
 def answering(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """A local plain-HTTP endpoint answering with handler, for as long as the block runs."""

@@ -15,8 +15,7 @@ import pytest
 
 import s3server
 import sample as sample_data
-from conftest import Endpoint, mounted, series_dir
-from test_source import HtmlPage, serving
+from conftest import Endpoint, HtmlPage, answering, mounted, series_dir
 
 BUDGET = 4.0
 
@@ -99,7 +98,7 @@ def test_an_endpoint_answering_with_a_web_page_gives_eio_says_why_and_keeps_noth
         sample, fast_s3, tmp_path):
     log = tmp_path / "idcfs.log"
     row = sample.rows[0]
-    with serving(HtmlPage) as endpoint:
+    with answering(HtmlPage) as endpoint:
         with mounted(sample, tmp_path / "m", tmp_path / "c", "--log-file", str(log),
                      endpoint=endpoint) as mnt:
             with pytest.raises(OSError) as err:

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 import s3server
-from conftest import Canned, answering, in_blocks
+from conftest import Canned, HtmlPage, answering, in_blocks
 from idcfs.errors import SourceError
 from idcfs.s3.source import ObjectSource
 
@@ -72,14 +72,6 @@ class _Recorder(Canned):
                     b"<Name>idc-open-data</Name><KeyCount>1</KeyCount>"
                     b"<IsTruncated>false</IsTruncated>"
                     b"<Contents><Key>x/1.dcm</Key><Size>1</Size></Contents></ListBucketResult>")
-
-
-class HtmlPage(Canned):
-    """What a captive portal or a misconfigured proxy answers: 200 and a web page, to anything."""
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        self.answer(200, b"<!DOCTYPE html><html><body>Please log in to continue</body></html>",
-                    "text/html; charset=utf-8")
 
 
 class Unavailable(Canned):
