@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .data_cache import clear
 from .data_cache.blockfile import blocks_in_file, directory
-from .config import default_cache_dir
+from .options import default_cache_dir
 from .mounts import idcfs_mounts
 
 CHUNK = 1 << 20

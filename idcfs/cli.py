@@ -1,10 +1,12 @@
 """The `idcfs` command: mount, umount, status, cache.
 
 Every check a person could fail (checks.py: a missing mountpoint, a bad index, a malformed URL)
-happens before anything is started, and ends in one plain line and a non-zero exit. `idcfs mount`
-without --foreground starts the daemon as a child and returns only once the mount answers (with
-the daemon's warnings, such as an endpoint it cannot reach), or with the daemon's own error if it
-could not mount.
+happens before anything is served, and ends in one plain line and a non-zero exit. `idcfs mount`
+without --foreground forks the daemon right after parsing its command line, so that the checks,
+the imports and the mount happen once, in the daemon, instead of in two interpreters one after
+the other; the command returns only once the mount answers (with the daemon's notes and
+warnings, such as an endpoint it cannot reach), or with the daemon's own error if it could not
+mount. Until then it imports nothing heavy: nothing is done twice.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__, checks, options
 from .checks import UsageError
-from .config import MountConfig, default_cache_dir, mount_config
-from .index.files import BadIndex, start_build
 from .mounts import is_mounted
-from .options import BadOption
-from .index.selection import BadSelection
+from .options import BadOption, default_cache_dir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,29 +86,70 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mount_background(cfg: MountConfig, argv: list[str]) -> int:
-    """Start the daemon in its own session and wait until it says the mount is ready."""
-    log_file = cfg.log_file or cfg.cache_dir / "idcfs.log"
+def _mount_background(args: argparse.Namespace, fuse: set[str]) -> int:
+    """Fork the daemon into its own session and wait until it says the mount is ready.
+
+    Nothing but the command line has been read when it forks, and no thread runs yet."""
     read_end, write_end = os.pipe()
-    with open(log_file, "ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "idcfs", *argv, "--foreground", "--ready-fd", str(write_end)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            pass_fds=(write_end,), start_new_session=True,
-        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        return _daemon(args, fuse, write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as ready:
         lines = ready.read().decode(errors="replace").strip().splitlines()
-    warnings = [line for line in lines if line.startswith("warning: ")]
-    message = "\n".join(line for line in lines if line not in warnings)
-    for warning in warnings:
-        print(f"idcfs: {warning}", file=sys.stderr)
+    said = [line for line in lines if line.startswith(("warning: ", "note: "))]
+    message = "\n".join(line for line in lines if line not in said)
+    for line in said:
+        print(f"idcfs: {line}", file=sys.stderr)
     if message == "ready":
         return 0
-    code = child.wait()
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    log_file = args.log_file or (args.cache_dir or default_cache_dir()) / "idcfs.log"
     print(f"idcfs: {message or f'the daemon exited with status {code}; see {log_file}'}",
           file=sys.stderr)
     return 1
+
+
+def _daemon(args: argparse.Namespace, fuse: set[str], ready_fd: int) -> int:
+    """The forked daemon: its own session, no terminal; its output goes to the log file once the
+    checks have said where that is (a failed check reaches the person through ready_fd)."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    args.ready_fd = ready_fd
+    return _mount(args, fuse, background=True)
+
+
+def _mount(args: argparse.Namespace, fuse: set[str], background: bool = False) -> int:
+    """Check the options, then mount and serve in this process until unmounted."""
+    from .config import mount_config
+    from .index.files import start_build
+
+    cfg = mount_config(args, fuse)
+    if background:
+        _log_to(cfg.log_file or cfg.cache_dir / "idcfs.log")
+    if cfg.notice and not _tell_starter(args, f"note: {cfg.notice}\n"):
+        print(f"idcfs: note: {cfg.notice}", file=sys.stderr)
+    build = start_build(cfg.index_dir, cfg.cache_dir, cfg.selection)
+    from .daemon import run
+
+    return run(cfg, ready_fd=args.ready_fd, build=build)
+
+
+def _log_to(log_file: Path) -> None:
+    """Send this process's stdout and stderr to the end of the log file."""
+    try:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {log_file}: {exc.strerror}") from None
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def umount(mountpoint: Path) -> int:
@@ -169,14 +210,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return cachecmd.run(args)
         rest = options.apply_o(args, [i for o in args.options for i in o.split(",") if i])
-        cfg = mount_config(args, checks.fuse_options(rest))
-        if not cfg.foreground:
-            return _mount_background(cfg, argv)
-        build = start_build(cfg.index_dir, cfg.cache_dir, cfg.selection)
-        from .daemon import run
-
-        return run(cfg, ready_fd=args.ready_fd, build=build)
-    except (UsageError, BadOption, BadIndex, BadSelection) as exc:
+        fuse = checks.fuse_options(rest)
+        if args.foreground:
+            return _mount(args, fuse)
+        return _mount_background(args, fuse)
+    except (UsageError, BadOption) as exc:
         _tell_starter(args, str(exc))
         print(f"idcfs: {exc}", file=sys.stderr)
         return 1
@@ -185,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the last resort: a person gets one line, --debug the traceback
         if getattr(args, "debug", False):
+            _tell_starter(args, traceback.format_exc())
             raise
         first = (str(exc).splitlines() or [""])[0]
         message = f"unexpected error: {type(exc).__name__}: {first} (run with --debug for details)"
@@ -193,10 +232,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _tell_starter(args: argparse.Namespace, message: str) -> None:
-    """Pass a failure to the process waiting for the daemon to be ready, if it still waits: once
-    the daemon has said "ready" the pipe is closed, and a later failure is only logged."""
+def _tell_starter(args: argparse.Namespace, message: str) -> bool:
+    """Pass a message to the process waiting for the daemon to be ready, if it still waits (once
+    the daemon has said "ready" the pipe is closed, and a later failure is only logged); whether
+    it was passed."""
     fd = getattr(args, "ready_fd", None)
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.write(fd, message.encode())
+    if fd is None:
+        return False
+    with contextlib.suppress(OSError):
+        os.write(fd, message.encode())
+        return True
+    return False

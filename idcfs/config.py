@@ -6,21 +6,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checks
 from .index.files import check_index_dir, default_index_dir
-from .options import GCS_ENDPOINT, default
+from .options import GCS_ENDPOINT, default, default_cache_dir
 from .index.selection import Selection, known_versions
 from .index.selection import check as check_selection
-
-
-def default_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/idcfs, else ~/.cache/idcfs, as every desktop tool expects."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "idcfs"
 
 
 def default_cache_size(cache_dir: Path) -> int:
@@ -51,6 +44,7 @@ class MountConfig:
     memory_cache_size: int = default("memory_cache_size")
     fuse_options: frozenset[str] = frozenset()
     selection: Selection = field(default_factory=Selection)
+    notice: str | None = None  # for the person mounting: what the options leave out
 
 
 def _or_default(args: argparse.Namespace, name: str):
@@ -83,8 +77,6 @@ def mount_config(args: argparse.Namespace, fuse: set[str]) -> MountConfig:
                          if args.manifest and args.manifest.is_file() else None),
     )
     notice = check_selection(index_dir, chosen)
-    if notice and args.ready_fd is None:
-        print(f"idcfs: note: {notice}", file=sys.stderr)
     cache_dir = checks.cache_dir(args.cache_dir or default_cache_dir())
     return MountConfig(
         mountpoint=mountpoint,
@@ -105,4 +97,5 @@ def mount_config(args: argparse.Namespace, fuse: set[str]) -> MountConfig:
         memory_cache_size=_or_default(args, "memory_cache_size"),
         fuse_options=frozenset(fuse),
         selection=chosen,
+        notice=notice,
     )

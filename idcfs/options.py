@@ -7,6 +7,7 @@ parsing, MountConfig's defaults and the README's table of options all come from 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,12 @@ from .index.layout import PRESETS
 GCS_ENDPOINT = "https://storage.googleapis.com"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/idcfs, else ~/.cache/idcfs, as every desktop tool expects."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "idcfs"
 
 
 def parse_size(text: str) -> int:

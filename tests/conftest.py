@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -14,14 +15,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 import s3server  # noqa: E402
 import sample as sample_data  # noqa: E402
 
-from idcfs.index import naming  # noqa: E402
+from idcfs.data_cache import DiskBlocks  # noqa: E402
+from idcfs.index import files as index, naming  # noqa: E402
+from idcfs.index.tree import Tree  # noqa: E402
 from idcfs.mounts import is_mounted  # noqa: E402,F401 - shared with the tests
+from idcfs.objects import ObjectRef  # noqa: E402
 
 IDCFS = [sys.executable, "-m", "idcfs"]
 
@@ -279,3 +286,77 @@ def answering(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+
+
+# The small index of the tree and filesystem tests.
+
+def index_rows(*paths: tuple[str, str, str, str, str]) -> list[dict]:
+    """Index rows of (collection, patient, study, modality, series UID), with the other columns a
+    tree needs."""
+    return [
+        {"collection_id": c, "PatientID": p, "StudyInstanceUID": s, "Modality": m,
+         "SeriesInstanceUID": u, "crdc_series_uuid": f"uuid-{i}",
+         "aws_bucket": "idc-open-data" if i % 2 else "idc-open-data-cr",
+         "instanceCount": 2, "series_size_MB": 1.5}
+        for i, (c, p, s, m, u) in enumerate(paths)
+    ]
+
+
+# Small index rows with the anomalies of real ones: a study under two patients, a patient in two
+# collections, a name with a slash, an empty name.
+ROWS = index_rows(
+    ("nlst", "100", "1.1", "CT", "1.1.1"),
+    ("nlst", "100", "1.1", "CT", "1.1.2"),
+    ("nlst", "100", "1.2", "SEG", "1.2.1"),
+    ("nlst", "200", "1.1", "CT", "1.1.9"),       # the same study under a second patient
+    ("acrin", "100", "9.1", "MR", "9.1.1"),      # the same patient in a second collection
+    ("acrin", "a/b", "9.2", "MR", "9.2.1"),
+    ("acrin", "", "9.3", "MR", "9.3.1"),
+)
+
+
+def build_tree(tmp_path: Path, rows: list[dict]) -> Tree:
+    """The tree of an index of rows, built and mapped as a mount does."""
+    (tmp_path / "index").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "index" / "idc_index.parquet")
+    return Tree(index.load(tmp_path / "index", tmp_path / "cache"))
+
+
+# The block cache's counting fake source (the cache and prefetch tests).
+
+BS = 1024
+
+
+class CountingSource:
+    """Objects of random bytes; counts every ranged GET and can be switched off."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        rng = random.Random(5)
+        self.data = {k: bytes(rng.getrandbits(8) for _ in range(n)) for k, n in sizes.items()}
+        self.gets: list[tuple[str, int, int]] = []
+        self.down = False
+
+    def ref(self, key: str) -> ObjectRef:
+        return ObjectRef("idc-open-data", key, len(self.data[key]))
+
+    async def __call__(self, obj: ObjectRef, start: int, length: int, block_size: int) -> list[bytes]:
+        if self.down:
+            raise ConnectionError("endpoint down")
+        self.gets.append((obj.key, start, length))
+        await trio.sleep(0.01)
+        return in_blocks(self.data[obj.key][start:start + length], block_size)
+
+
+def slow_disk(monkeypatch, seconds_per_block: float) -> None:
+    """A cache disk that takes seconds_per_block to write each block."""
+    def slow_put(self, obj, blocks, put=DiskBlocks.put_blocks):
+        time.sleep(seconds_per_block * len(blocks))
+        put(self, obj, blocks)
+
+    monkeypatch.setattr(DiskBlocks, "put_blocks", slow_put)
+
+
+def sample_files(sample: sample_data.Sample) -> list[Path]:
+    """Every object, as a path relative to the root of the tree."""
+    return [series_dir(Path(), row) / name
+            for row in sample.rows for name in sorted(sample.series_objects(row))]

@@ -12,34 +12,13 @@ import time
 import pytest
 import trio
 
-from conftest import in_blocks
+from conftest import BS, CountingSource, in_blocks, slow_disk
 from idcfs.data_cache import BlockCache, DiskBlocks, clear
 from idcfs.data_cache.blockfile import slot
 from idcfs.errors import SourceError
 from idcfs.objects import ObjectRef
 
-BS = 1024
 BLOCKS = "blocks.v3"  # the cache directory of the block format
-
-
-class CountingSource:
-    """Objects of random bytes; counts every ranged GET and can be switched off."""
-
-    def __init__(self, sizes: dict[str, int]) -> None:
-        rng = random.Random(5)
-        self.data = {k: bytes(rng.getrandbits(8) for _ in range(n)) for k, n in sizes.items()}
-        self.gets: list[tuple[str, int, int]] = []
-        self.down = False
-
-    def ref(self, key: str) -> ObjectRef:
-        return ObjectRef("idc-open-data", key, len(self.data[key]))
-
-    async def __call__(self, obj: ObjectRef, start: int, length: int, block_size: int) -> list[bytes]:
-        if self.down:
-            raise ConnectionError("endpoint down")
-        self.gets.append((obj.key, start, length))
-        await trio.sleep(0.01)
-        return in_blocks(self.data[obj.key][start:start + length], block_size)
 
 
 @pytest.fixture
@@ -335,15 +314,6 @@ def test_a_block_file_longer_than_its_block_is_damaged_not_read_short(tmp_path):
         f.write(b"x")
     assert disk.get(obj, 0, 5000) is None
     assert disk.corrupt == 1 and not disk.path(obj, 0).exists()
-
-
-def slow_disk(monkeypatch, seconds_per_block: float) -> None:
-    """A cache disk that takes seconds_per_block to write each block."""
-    def slow_put(self, obj, blocks, put=DiskBlocks.put_blocks):
-        time.sleep(seconds_per_block * len(blocks))
-        put(self, obj, blocks)
-
-    monkeypatch.setattr(DiskBlocks, "put_blocks", slow_put)
 
 
 def test_pacing_waits_until_the_disk_writes_catch_up(source, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import in_blocks
+from conftest import ROWS, build_tree, in_blocks
 from idcfs.data_cache import BlockCache
 from idcfs.objects import ObjectRef
 from idcfs.failures import FailureLog
@@ -24,7 +24,6 @@ from idcfs.index.naming import NAME_MAX
 from idcfs.prefetch import Reader
 from idcfs.errors import SourceError
 from idcfs.index.tree import ROOT, SeriesRef
-from test_tree import ROWS, build_tree
 
 SIZES = {"a.dcm": 10, "b.dcm": 3000}
 

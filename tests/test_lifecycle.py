@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import IDCFS, force_unmount, is_mounted, mounted, run_idcfs, series_dir
+from conftest import IDCFS, force_unmount, is_mounted, mounted, mounting, run_idcfs, series_dir
 
 
 def wait_for(predicate, timeout: float = 30) -> bool:
@@ -147,3 +147,25 @@ def test_a_mountpoint_with_a_space_in_its_path_mounts_shows_in_status_and_unmoun
         assert "already a mount point" in again.stderr
         assert run_idcfs("umount", str(mnt)).returncode == 0
         assert not is_mounted(mnt)
+
+
+def test_the_background_daemon_is_one_process_of_its_own_session_that_passes_on_its_notes(
+        sample, fast_s3, tmp_path):
+    """`idcfs mount` forks the daemon: a single process, detached from the terminal, whose
+    notes (here: manifest entries the release lacks) still reach the person who mounted."""
+    row = sample.rows[0]
+    manifest = tmp_path / "cohort.txt"
+    manifest.write_text(f"{row['crdc_series_uuid']}\n1.2.3.4.5\n")
+    with mounting(sample, tmp_path / "mnt", tmp_path / "cache", "--idc-version", "25",
+                  "--manifest", str(manifest), endpoint=fast_s3) as (proc, mnt):
+        assert proc.returncode == 0, proc.stderr
+        assert ("idcfs: note: 1 of 2 manifest entries are not in IDC version 25"
+                in proc.stderr), proc.stderr
+        assert sorted(os.listdir(mnt)) == [".idcfs", row["collection_id"]]
+        pids = subprocess.run(["pgrep", "-f", f"idcfs mount {mnt} "], capture_output=True,
+                              text=True).stdout.split()
+        assert len(pids) == 1, pids
+        daemon = int(pids[0])
+        assert os.getsid(daemon) == daemon != os.getsid(0)
+        assert os.readlink(f"/proc/{daemon}/fd/0") == os.devnull
+        assert os.readlink(f"/proc/{daemon}/fd/2") == str(tmp_path / "cache" / "idcfs.log")

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 import s3server
-from conftest import daemon_pids, mounted, sample_daemon, serving
-from test_tools import files
+from conftest import daemon_pids, mounted, sample_daemon, sample_files, serving
 
 READERS = 32
 SECONDS = int(os.environ.get("IDCFS_LOAD_SECONDS", "20"))  # longer runs: IDCFS_LOAD_SECONDS=90
@@ -47,7 +46,7 @@ def thirds(samples: list[dict[str, int]], key: str) -> tuple[int, int]:
 
 def test_32_concurrent_random_readers_get_exact_bytes_with_bounded_resources(
         tools_sample, tools_copy, tools_fast_s3, tmp_path):
-    paths = [str(p) for p in files(tools_sample)]
+    paths = [str(p) for p in sample_files(tools_sample)]
     with mounted(tools_sample, tmp_path / "mnt", tmp_path / "cache", "--memory-cache-size", "8M",
                  "--cache-size", "24M", "--max-connections", str(CONNECTIONS),
                  endpoint=tools_fast_s3) as mnt:

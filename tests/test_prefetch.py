@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import trio
 
+from conftest import BS, CountingSource, slow_disk
 from idcfs.data_cache import BlockCache, DiskBlocks, Pacing
 from idcfs.objects import ObjectRef
 from idcfs.prefetch import Policy, Reader
-from test_cache import BS, CountingSource, slow_disk
 
 # The policy scaled to 1 KiB blocks, so that tests use small objects.
 SMALL = Policy(whole_object_limit=4 * BS, readahead_start=BS, readahead_cap=16 * BS,

@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import force_unmount, mounted, series_dir
+from conftest import force_unmount, mounted, sample_files, series_dir
 from pydicom.fileset import FileSet
 from pydicom.uid import (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
                          JPEGLSNearLossless, RLELossless)
@@ -41,12 +41,6 @@ def tools_mount(tools_sample, s3_endpoint, tmp_path_factory):
 @pytest.fixture(scope="module")
 def sides(tools_mount, tools_copy) -> dict[str, Path]:
     return {"mount": tools_mount, "local": tools_copy}
-
-
-def files(sample) -> list[Path]:
-    """Every object, as a path relative to the root of the tree."""
-    return [series_dir(Path(), row) / name
-            for row in sample.rows for name in sorted(sample.series_objects(row))]
 
 
 def series(sample, modality: str | None = None) -> list[Path]:
@@ -89,7 +83,7 @@ def transfer_syntax(path: Path):
 # --- pydicom ---------------------------------------------------------------------------------
 
 def test_pydicom_reads_every_file_to_the_same_dataset_and_pixels(tools_sample, sides):
-    for rel in files(tools_sample):
+    for rel in sample_files(tools_sample):
         ours, theirs = (pydicom.dcmread(sides[s] / rel) for s in ("mount", "local"))
         assert ours == theirs, rel
         if "PixelData" in theirs:
@@ -126,20 +120,20 @@ def test_pydicom_fileset_of_a_series_writes_the_same_instances(tools_sample, sid
 # --- dcmtk -----------------------------------------------------------------------------------
 
 def test_dcmdump_prints_every_file_as_it_does_a_local_copy(tools_sample, sides):
-    for rel in files(tools_sample):
+    for rel in sample_files(tools_sample):
         code, out, _ = same_on_both(sides, ["dcmdump", "+L", "+U8", str(rel)])
         assert code == 0 and "# Dicom-File-Format" in out, rel
 
 
 def test_dcmftest_finds_every_file_to_be_dicom(tools_sample, sides):
-    code, out, _ = same_on_both(sides, ["dcmftest", *map(str, files(tools_sample))])
+    code, out, _ = same_on_both(sides, ["dcmftest", *map(str, sample_files(tools_sample))])
     assert code == 0
-    assert out.count("yes: ") == len(files(tools_sample))
+    assert out.count("yes: ") == len(sample_files(tools_sample))
 
 
 def test_dcmtk_decoders_write_identical_uncompressed_files(tools_sample, sides, tmp_path):
     decoded = 0
-    for n, rel in enumerate(files(tools_sample)):
+    for n, rel in enumerate(sample_files(tools_sample)):
         syntax = transfer_syntax(sides["local"] / rel)
         if syntax in JPEG2000:
             continue
@@ -157,7 +151,7 @@ def test_dcmtk_decoders_write_identical_uncompressed_files(tools_sample, sides, 
 
 @pytest.mark.parametrize("tool", [["gdcminfo", "--md5sum"], ["gdcmdump"]])
 def test_gdcm_reports_every_file_as_it_does_a_local_copy(tools_sample, sides, tool):
-    for rel in files(tools_sample):
+    for rel in sample_files(tools_sample):
         code, out, _ = same_on_both(sides, [*tool, str(rel)])
         assert code == 0 and out, rel
 
@@ -165,7 +159,7 @@ def test_gdcm_reports_every_file_as_it_does_a_local_copy(tools_sample, sides, to
 def test_gdcmconv_decodes_every_image_including_jpeg2000_identically(tools_sample, sides,
                                                                      tmp_path):
     decoded = set()
-    for n, rel in enumerate(files(tools_sample)):
+    for n, rel in enumerate(sample_files(tools_sample)):
         if "PixelData" not in pydicom.dcmread(sides["local"] / rel):
             continue
         outputs = {side: tmp_path / f"{side}-{n}.dcm" for side in sides}
@@ -242,21 +236,21 @@ def test_ls_lr_lists_the_same_names_kinds_and_sizes(tools_sample, sides):
     ours, theirs = entries(listings["mount"][1]), entries(listings["local"][1])
     assert [e for e in ours if e[0] == "-"] == [e for e in theirs if e[0] == "-"]
     assert [(k, n) for k, _, n in ours] == [(k, n) for k, _, n in theirs]
-    assert len([e for e in ours if e[0] == "-"]) == len(files(tools_sample))
+    assert len([e for e in ours if e[0] == "-"]) == len(sample_files(tools_sample))
 
 
 def test_find_finds_every_dcm_file(tools_sample, sides):
     found = {side: sorted(run(["find", ".", "-name", "*.dcm"], root)[1].split())
              for side, root in sides.items()}
-    assert found["mount"] == found["local"] == sorted(f"./{p}" for p in files(tools_sample))
+    assert found["mount"] == found["local"] == sorted(f"./{p}" for p in sample_files(tools_sample))
 
 
 def test_du_sb_counts_exact_bytes(tools_sample, sides):
-    for rel in files(tools_sample):
+    for rel in sample_files(tools_sample):
         same_on_both(sides, ["du", "-b", str(rel)])
     for collection in collections(tools_sample):
         code, out, _ = run(["du", "-sb", collection], sides["mount"])
-        expected = sum((sides["local"] / p).stat().st_size for p in files(tools_sample)
+        expected = sum((sides["local"] / p).stat().st_size for p in sample_files(tools_sample)
                        if p.parts[0] == collection)
         assert code == 0 and int(out.split()[0]) == expected
 
@@ -275,7 +269,7 @@ def test_rsync_a_copies_everything_and_a_second_run_transfers_nothing(tools_samp
                               text=True, check=True).stdout
 
     first = rsync()
-    assert re.search(rf"regular files transferred: {len(files(tools_sample))}\b", first)
+    assert re.search(rf"regular files transferred: {len(sample_files(tools_sample))}\b", first)
     trees_equal(tmp_path, sides["local"])
     assert re.search(r"regular files transferred: 0\b", rsync())
 
@@ -290,27 +284,27 @@ def test_tar_archives_the_same_files_and_bytes(tools_sample, sides, tmp_path):
 
 
 def test_sha256sum_of_every_file_matches(tools_sample, sides):
-    code, out, _ = same_on_both(sides, ["sha256sum", *map(str, files(tools_sample))])
-    assert code == 0 and len(out.splitlines()) == len(files(tools_sample))
+    code, out, _ = same_on_both(sides, ["sha256sum", *map(str, sample_files(tools_sample))])
+    assert code == 0 and len(out.splitlines()) == len(sample_files(tools_sample))
 
 
 def test_file_identifies_every_file_as_it_does_a_local_copy(tools_sample, sides):
     """CT_small.dcm's preamble holds a TIFF header, so `file` calls some of these TIFF."""
-    code, out, _ = same_on_both(sides, ["file", *map(str, files(tools_sample))])
+    code, out, _ = same_on_both(sides, ["file", *map(str, sample_files(tools_sample))])
     kinds = [line.split(":", 1)[1].strip() for line in out.splitlines()]
-    assert code == 0 and len(kinds) == len(files(tools_sample))
+    assert code == 0 and len(kinds) == len(sample_files(tools_sample))
     assert all(k.startswith(("DICOM medical imaging data", "TIFF image data")) for k in kinds)
 
 
 def test_stat_reports_the_same_size_and_kind(tools_sample, sides):
-    same_on_both(sides, ["stat", "-c", "%n %s %F %h", *map(str, files(tools_sample))])
+    same_on_both(sides, ["stat", "-c", "%n %s %F %h", *map(str, sample_files(tools_sample))])
     same_on_both(sides, ["stat", "-c", "%n %F", *map(str, series(tools_sample))])
 
 
 @pytest.mark.parametrize("cmd", [["head", "-c", "132"], ["tail", "-c", "5000"],
                                  ["head", "-c", "1000000"]])
 def test_head_and_tail_return_the_same_bytes(tools_sample, sides, cmd):
-    for rel in files(tools_sample):
+    for rel in sample_files(tools_sample):
         outputs = [subprocess.run([*cmd, str(rel)], cwd=root, capture_output=True,
                                   check=True).stdout for root in sides.values()]
         assert outputs[0] == outputs[1], rel

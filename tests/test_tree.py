@@ -6,35 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import ROWS, build_tree, index_rows
 from idcfs.index import files as index
 from idcfs.index.tree import ROOT, Tree
-
-
-def _rows(*paths: tuple[str, str, str, str, str]) -> list[dict]:
-    return [
-        {"collection_id": c, "PatientID": p, "StudyInstanceUID": s, "Modality": m,
-         "SeriesInstanceUID": u, "crdc_series_uuid": f"uuid-{i}",
-         "aws_bucket": "idc-open-data" if i % 2 else "idc-open-data-cr",
-         "instanceCount": 2, "series_size_MB": 1.5}
-        for i, (c, p, s, m, u) in enumerate(paths)
-    ]
-
-
-ROWS = _rows(
-    ("nlst", "100", "1.1", "CT", "1.1.1"),
-    ("nlst", "100", "1.1", "CT", "1.1.2"),
-    ("nlst", "100", "1.2", "SEG", "1.2.1"),
-    ("nlst", "200", "1.1", "CT", "1.1.9"),       # the same study under a second patient
-    ("acrin", "100", "9.1", "MR", "9.1.1"),      # the same patient in a second collection
-    ("acrin", "a/b", "9.2", "MR", "9.2.1"),
-    ("acrin", "", "9.3", "MR", "9.3.1"),
-)
-
-
-def build_tree(tmp_path, rows) -> Tree:
-    (tmp_path / "index").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "index" / "idc_index.parquet")
-    return Tree(index.load(tmp_path / "index", tmp_path / "cache"))
 
 
 @pytest.fixture
@@ -116,7 +90,7 @@ def test_series_rows_know_their_bucket_and_uuid(tree):
 
 
 def test_series_with_the_same_path_share_one_folder_as_idc_download_would(tmp_path):
-    rows = _rows(("c", "p", "s", "CT", "1.1"), ("c", "p", "s", "CT", "1.1"))
+    rows = index_rows(("c", "p", "s", "CT", "1.1"), ("c", "p", "s", "CT", "1.1"))
     tree = build_tree(tmp_path, rows)
     assert names(tree, walk(tree, "c", "p", "s")) == ["CT_1.1"]
     first, end = tree.rows_of(walk(tree, "c", "p", "s", "CT_1.1"))

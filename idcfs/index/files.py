@@ -14,6 +14,7 @@ format, so a new idc-index-data release builds a new tree and an old one is neve
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import subprocess
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from ..checks import UsageError
 from . import selection
 from .selection import Selection
 
@@ -48,12 +50,19 @@ ROW_COLUMNS = ["collection_id", "PatientID", "StudyInstanceUID", "SeriesInstance
 TEXT_COLUMNS = ["source_DOI", "license_short_name"]
 
 
-class BadIndex(Exception):
+class BadIndex(UsageError):
     """The index directory cannot be used; the message says why, for a person."""
 
 
 def default_index_dir() -> Path:
-    """The directory of the installed idc-index-data package, the index users already have."""
+    """The directory of the installed idc-index-data package, the index users already have.
+
+    Found without importing the package where its files sit in it (a normal install): its
+    import looks each of its files up in the installed distribution's records, a tenth of a
+    second of every mount."""
+    spec = importlib.util.find_spec("idc_index_data")
+    if spec is not None and spec.origin and (Path(spec.origin).parent / INDEX_FILE).is_file():
+        return Path(spec.origin).parent
     try:
         import idc_index_data
     except ImportError as exc:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..checks import UsageError
 from . import layout
 
 PRIOR_FILE = "prior_versions_index.parquet"
@@ -50,7 +51,7 @@ PRIOR_OWN_COLUMNS = ("collection_id", "PatientID", "StudyInstanceUID", "Modality
                      "series_size_MB")
 
 
-class BadSelection(Exception):
+class BadSelection(UsageError):
     """The options ask for rows the index cannot give; the message says which and why."""
 
 
