@@ -257,10 +257,13 @@ class Canned(http.server.BaseHTTPRequestHandler):
     """A quiet HTTP endpoint whose do_GET gives one fixed answer (a web page, an error, a body
     of the wrong length): what no well-behaved S3 endpoint says."""
 
-    def answer(self, status: int, body: bytes, content_type: str | None = None) -> None:
+    def answer(self, status: int, body: bytes, content_type: str | None = None,
+               headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -7,7 +7,9 @@ reader of that block waits as long. So each attempt reports its progress (header
 chunk of the body); when an attempt has delivered nothing for a few times the recent p99 of the
 time to first byte (never under a second), a second attempt starts, the first answer wins and
 the other is cancelled. A healthy link almost never hedges: the threshold follows the link, so
-a slow one (a long queue on a shared, bandwidth-limited link) does not look stalled.
+a slow one (a long queue on a shared, bandwidth-limited link) does not look stalled, and an
+attempt that botocore is backing off to retry (after a 503) holds its clock for that back-off, so
+an endpoint that is failing is not sent a second train of retries.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class Progress:
 
     def mark(self) -> None:
         self.last = self._loop.time()
+
+    def hold(self, seconds: float) -> None:
+        """The attempt waits on purpose for up to seconds from now (a retry's back-off): it is
+        not stalled before that."""
+        self.last = max(self.last, self._loop.time() + seconds)
 
     def since_start(self) -> float:
         return self._loop.time() - self.started

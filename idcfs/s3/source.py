@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import random
@@ -17,6 +18,7 @@ import random
 import aiohttp
 from botocore import handlers
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.retries.standard import ExponentialBackoff, RetryContext
 
 from ..errors import SourceError
 from ..objects import Blocks
@@ -31,6 +33,10 @@ BODY_ATTEMPTS = 3
 PAGE = 1000  # objects in a ListObjectsV2 page
 PARTS_SMALL = tuple("0123456789abcdef")
 PARTS_LARGE = tuple(a + b for a in PARTS_SMALL for b in PARTS_SMALL)
+# The hedge's progress of the listing attempt running in this task, for botocore's retry events.
+_ATTEMPT: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("attempt", default=None)
+# botocore's standard back-off at its longest (no jitter): how long a retried attempt may wait.
+_LONGEST_BACKOFF = ExponentialBackoff(service_name="s3", random=lambda: 1.0)
 
 
 class ObjectSource:
@@ -72,6 +78,7 @@ class ObjectSource:
         # (a fifth of the CPU of listing a big series). S3 answers no listing that way, and a
         # body that is not a listing is refused by list_series whatever it is.
         self._client.meta.events.unregister("before-parse.s3.*", handlers._handle_200_error)
+        self._client.meta.events.register("needs-retry.s3.ListObjectsV2", _hold_for_backoff)
         await self._gets.start(self._client.meta.service_model.operation_model("GetObject"))
         self._stack.push_async_callback(self._gets.close)
 
@@ -162,6 +169,7 @@ class ObjectSource:
             args["ContinuationToken"] = token
 
         async def once(progress: Progress) -> dict:
+            _ATTEMPT.set(progress)
             page = await self._client.list_objects_v2(**args)
             progress.mark()
             return page
@@ -249,6 +257,24 @@ class ObjectSource:
                 f"reading s3://{bucket}/{key} at {self.where} returned "
                 f"{'more than ' if longer else ''}{received} bytes for a range of {length}"))
         return blocks
+
+
+def _hold_for_backoff(attempts: int, operation, response=None, caught_exception=None,
+                      request_dict=None, **_) -> None:
+    """botocore asks whether to retry each answer of a listing: the attempt has had an answer,
+    and may now sleep up to the longest back-off before its next try. The hedge must not take
+    that sleep for a stall (it would send its own train of retries to an endpoint answering
+    503). An answer that is not retried ends the attempt at once, so the hold never delays a
+    hedge that matters."""
+    progress = _ATTEMPT.get()
+    if progress is None:
+        return None
+    http, parsed = response if response else (None, None)
+    progress.hold(_LONGEST_BACKOFF.delay_amount(RetryContext(
+        attempts, operation_model=operation, http_response=http, parsed_response=parsed,
+        caught_exception=caught_exception,
+        request_context=(request_dict or {}).get("context", {}))))
+    return None
 
 
 class _BodyFailed(Exception):
