@@ -113,13 +113,15 @@ class UnavailableForAWhile(Canned):
                     headers={"x-amz-retry-after": "1500"})
 
 
-def test_a_listing_that_botocore_backs_off_to_retry_is_not_raced_by_a_hedge():
+@pytest.mark.parametrize("method,args", [("list_series", ("idc-open-data", "x/")),
+                                         ("get_blocks", ("idc-open-data", "x/1.dcm", 0, 66, 66))])
+def test_a_request_backing_off_to_retry_is_not_raced_by_a_hedge(method, args):
     """An endpoint that is failing gets botocore's three attempts, not a second train of them
     from a hedge that took the back-off for a stall."""
     with answering(UnavailableForAWhile) as endpoint:
         UnavailableForAWhile.requests = 0
         with pytest.raises(SourceError, match="503"):
-            run(endpoint, "list_series", "idc-open-data", "x/")
+            run(endpoint, method, *args)
         assert UnavailableForAWhile.requests == 3
 
 

@@ -30,6 +30,7 @@ from botocore.retries.standard import (ExponentialBackoff, RetryContext, RetryEv
 from yarl import URL
 
 from .client import tls_context, user_agent
+from .hedge import backing_off
 
 ATTEMPTS = 3  # botocore's standard mode
 ERROR_BODY_LIMIT = 64 << 10
@@ -132,7 +133,9 @@ class ObjectGets:
             retry = self._policy.should_retry(context)
             if not (retry and self._quota.acquire_retry_quota(context)):
                 raise failure
-            await asyncio.sleep(self._policy.compute_retry_delay(context))
+            delay = self._policy.compute_retry_delay(context)
+            backing_off(delay)
+            await asyncio.sleep(delay)
             attempt += 1
 
 

@@ -8,14 +8,15 @@ chunk of the body); when an attempt has delivered nothing for a few times the re
 time to first byte (never under a second), a second attempt starts, the first answer wins and
 the other is cancelled. A healthy link almost never hedges: the threshold follows the link, so
 a slow one (a long queue on a shared, bandwidth-limited link) does not look stalled, and an
-attempt that botocore is backing off to retry (after a 503) holds its clock for that back-off, so
-an endpoint that is failing is not sent a second train of retries.
+attempt that is backing off to retry (after a 503, `backing_off`) holds its clock for that
+back-off, so an endpoint that is failing is not sent a second train of retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -23,6 +24,18 @@ from typing import TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The progress of the attempt that runs in this task, when it runs in a race.
+_CURRENT: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("attempt", default=None)
+
+
+def backing_off(seconds: float) -> None:
+    """The attempt running in this task is about to wait seconds on purpose (a retry's
+    back-off): the race must not take that wait for a stall and send a second train of retries
+    to an endpoint that is failing. Nothing happens outside a race."""
+    progress = _CURRENT.get()
+    if progress is not None:
+        progress.hold(seconds)
 
 
 class Progress:
@@ -81,7 +94,9 @@ class Hedging:
 
         def start() -> None:
             progress = Progress(loop)
-            running[asyncio.ensure_future(attempt(progress))] = progress
+            context = contextvars.copy_context()
+            context.run(_CURRENT.set, progress)
+            running[loop.create_task(attempt(progress), context=context)] = progress
 
         self.races += 1
         start()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import logging
 import random
@@ -25,7 +24,7 @@ from ..objects import Blocks
 from .client import DEFAULT_REGION, client_config, isolated_session
 from .endpoint import Health, describe, is_connection_failure
 from .get import HTTPError, ObjectGets
-from .hedge import Hedging, Progress
+from .hedge import Hedging, Progress, backing_off
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,6 @@ BODY_ATTEMPTS = 3
 PAGE = 1000  # objects in a ListObjectsV2 page
 PARTS_SMALL = tuple("0123456789abcdef")
 PARTS_LARGE = tuple(a + b for a in PARTS_SMALL for b in PARTS_SMALL)
-# The hedge's progress of the listing attempt running in this task, for botocore's retry events.
-_ATTEMPT: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("attempt", default=None)
 # botocore's standard back-off at its longest (no jitter): how long a retried attempt may wait.
 _LONGEST_BACKOFF = ExponentialBackoff(service_name="s3", random=lambda: 1.0)
 
@@ -169,7 +166,6 @@ class ObjectSource:
             args["ContinuationToken"] = token
 
         async def once(progress: Progress) -> dict:
-            _ATTEMPT.set(progress)
             page = await self._client.list_objects_v2(**args)
             progress.mark()
             return page
@@ -261,20 +257,15 @@ class ObjectSource:
 
 def _hold_for_backoff(attempts: int, operation, response=None, caught_exception=None,
                       request_dict=None, **_) -> None:
-    """botocore asks whether to retry each answer of a listing: the attempt has had an answer,
-    and may now sleep up to the longest back-off before its next try. The hedge must not take
-    that sleep for a stall (it would send its own train of retries to an endpoint answering
-    503). An answer that is not retried ends the attempt at once, so the hold never delays a
-    hedge that matters."""
-    progress = _ATTEMPT.get()
-    if progress is None:
-        return None
+    """botocore asks whether to retry each answer of a listing: the attempt may now sleep up to
+    the longest back-off of botocore's rules before its next try (the jitter is botocore's own,
+    unseen here). An answer that is not retried ends the attempt at once, so the hold never
+    delays a hedge that matters."""
     http, parsed = response if response else (None, None)
-    progress.hold(_LONGEST_BACKOFF.delay_amount(RetryContext(
+    backing_off(_LONGEST_BACKOFF.delay_amount(RetryContext(
         attempts, operation_model=operation, http_response=http, parsed_response=parsed,
         caught_exception=caught_exception,
         request_context=(request_dict or {}).get("context", {}))))
-    return None
 
 
 class _BodyFailed(Exception):
