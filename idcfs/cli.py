@@ -107,7 +107,7 @@ def _mount_background(args: argparse.Namespace, fuse: set[str]) -> int:
     if message == "ready":
         return 0
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    log_file = args.log_file or (args.cache_dir or default_cache_dir()) / "idcfs.log"
+    log_file = _log_file(args.log_file, args.cache_dir or default_cache_dir())
     print(f"idcfs: {message or f'the daemon exited with status {code}; see {log_file}'}",
           file=sys.stderr)
     return 1
@@ -132,13 +132,18 @@ def _mount(args: argparse.Namespace, fuse: set[str], background: bool = False) -
 
     cfg = mount_config(args, fuse)
     if background:
-        _log_to(cfg.log_file or cfg.cache_dir / "idcfs.log")
+        _log_to(_log_file(cfg.log_file, cfg.cache_dir))
     if cfg.notice and not _tell_starter(args, f"note: {cfg.notice}\n"):
         print(f"idcfs: note: {cfg.notice}", file=sys.stderr)
     build = start_build(cfg.index_dir, cfg.cache_dir, cfg.selection)
     from .daemon import run
 
     return run(cfg, ready_fd=args.ready_fd, build=build)
+
+
+def _log_file(given: Path | None, cache_dir: Path) -> Path:
+    """Where the background daemon logs: --log-file, else idcfs.log in the cache directory."""
+    return given or cache_dir / "idcfs.log"
 
 
 def _log_to(log_file: Path) -> None:
