@@ -199,8 +199,6 @@ def rows(con, index_dir: Path, sel: Selection):
 def check(index_dir: Path, sel: Selection) -> str | None:
     """Raise BadSelection, in one line, for a version, collection, filter or manifest the index
     rejects; return a notice for a person when manifest entries are not in the release."""
-    import duckdb
-
     try:
         layout.parse(sel.layout, pq.read_schema(index_dir / "idc_index.parquet").names)
     except layout.BadLayout as exc:
@@ -213,6 +211,8 @@ def check(index_dir: Path, sel: Selection) -> str | None:
                                f"(it knows versions {span})")
     if not sel.collections and not sel.filter and not sel.manifest:
         return None
+    import duckdb  # only here: its import is ~30 ms of every mount
+
     con = connect(index_dir)
     try:
         if sel.collections:
