@@ -39,6 +39,7 @@ test: dev
 bench: dev
 	@command -v s3fs >/dev/null && command -v rclone >/dev/null && command -v nginx >/dev/null \
 		|| apt-get install -y -qq s3fs rclone nginx-light >/dev/null
+	$(VENV)/bin/python -m compileall -q idcfs  # as an installed idcfs is, with PYTHONDONTWRITEBYTECODE set
 	$(VENV)/bin/python bench/mount.py
 	$(VENV)/bin/python bench/peers.py
 
