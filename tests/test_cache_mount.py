@@ -122,6 +122,13 @@ def test_reads_stay_exact_when_the_cache_disk_fills_up_and_it_is_said(sample, fa
             or "the disk of the cache is nearly full" in text), text
 
 
+def _any_block(blocks) -> bool:
+    try:
+        return any(p.is_file() and not p.name.startswith(".tmp-") for p in blocks.rglob("*"))
+    except FileNotFoundError:  # a folder made or a file renamed as it was walked
+        return False
+
+
 def test_kill_9_during_heavy_reads_leaves_only_correct_blocks(sample, fast_s3, tmp_path):
     cache = tmp_path / "cache"
     with mounted(sample, tmp_path / "mnt", cache, endpoint=fast_s3) as mnt:
@@ -129,7 +136,9 @@ def test_kill_9_during_heavy_reads_leaves_only_correct_blocks(sample, fast_s3, t
                                               for n in sorted(sample.series_objects(r))]],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for r in sample.rows]
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30  # killed mid-way: once the first blocks are written
+        while not _any_block(cache / "blocks.v3") and time.monotonic() < deadline:
+            time.sleep(0.02)
         for pid in daemon_pids(mnt):
             os.kill(pid, signal.SIGKILL)
         for reader in readers:

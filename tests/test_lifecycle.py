@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import IDCFS, force_unmount, is_mounted, mounted, mounting, run_idcfs, series_dir
+from conftest import (IDCFS, daemon_pids, force_unmount, is_mounted, mounted, mounting, run_idcfs,
+                      series_dir)
 
 
 def wait_for(predicate, timeout: float = 30) -> bool:
@@ -56,7 +57,7 @@ def test_foreground_mount_serves_until_unmounted(sample, foreground):
 def test_a_signal_unmounts_cleanly(foreground, signum):
     proc, mnt = foreground
     proc.send_signal(signum)
-    assert proc.wait(30) == 0
+    assert proc.wait(30) == 0, proc.stderr.read()
     assert not is_mounted(mnt)
 
 
@@ -149,10 +150,16 @@ def test_a_mountpoint_with_a_space_in_its_path_mounts_shows_in_status_and_unmoun
         assert not is_mounted(mnt)
 
 
+def children(pid: int) -> list[int]:
+    return [int(child) for task in os.listdir(f"/proc/{pid}/task")
+            for child in open(f"/proc/{pid}/task/{task}/children").read().split()]
+
+
 def test_the_background_daemon_is_one_process_of_its_own_session_that_passes_on_its_notes(
         sample, fast_s3, tmp_path):
     """`idcfs mount` forks the daemon: a single process, detached from the terminal, whose
-    notes (here: manifest entries the release lacks) still reach the person who mounted."""
+    notes (here: manifest entries the release lacks) still reach the person who mounted. Its
+    helper, the tree's build, has ended and been reaped once it is ready."""
     row = sample.rows[0]
     manifest = tmp_path / "cohort.txt"
     manifest.write_text(f"{row['crdc_series_uuid']}\n1.2.3.4.5\n")
@@ -169,3 +176,25 @@ def test_the_background_daemon_is_one_process_of_its_own_session_that_passes_on_
         assert os.getsid(daemon) == daemon != os.getsid(0)
         assert os.readlink(f"/proc/{daemon}/fd/0") == os.devnull
         assert os.readlink(f"/proc/{daemon}/fd/2") == str(tmp_path / "cache" / "idcfs.log")
+        assert children(daemon) == []
+
+
+@pytest.mark.parametrize("case", ["bad option", "bad index"])
+def test_a_mount_that_fails_its_checks_leaves_no_process_behind(sample, fast_s3, tmp_path, case):
+    """A bad --filter fails in the daemon's checks of its options, an index that is not one in
+    its load of the tree; either way the one line reaches the person and the daemon is gone."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "idc_index.parquet").write_bytes(b"not parquet")
+    extra = (["--index", str(sample.index_dir), "--filter", "no_such_column = 1"]
+             if case == "bad option" else ["--index", str(index)])
+    proc = run_idcfs("mount", str(mnt), *extra, "--endpoint-url", fast_s3,
+                     "--cache-dir", str(tmp_path / "cache"))
+    assert proc.returncode == 1 and proc.stderr.startswith("idcfs: "), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    deadline = time.monotonic() + 10
+    while daemon_pids(mnt) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert daemon_pids(mnt) == []
