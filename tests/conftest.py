@@ -139,6 +139,16 @@ def series_dir(mount: Path, row: dict) -> Path:
             / naming.encode(f"{row['Modality']}_{row['SeriesInstanceUID']}"))
 
 
+def wait_for(predicate, timeout: float = 30) -> bool:
+    """Whether predicate() came true within timeout seconds (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def in_blocks(data: bytes, block_size: int) -> list[bytes]:
     """data cut into blocks, as an object source answers the block cache."""
     return [data[at:at + block_size] for at in range(0, len(data), block_size)]

@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 import s3server
-from conftest import daemon_pids, mounted, run_idcfs, series_dir
+from conftest import daemon_pids, mounted, run_idcfs, series_dir, wait_for
 from idcfs.data_cache import DiskBlocks
 from idcfs.objects import BLOCK_SIZE, ObjectRef
 
@@ -136,9 +136,7 @@ def test_kill_9_during_heavy_reads_leaves_only_correct_blocks(sample, fast_s3, t
                                               for n in sorted(sample.series_objects(r))]],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for r in sample.rows]
-        deadline = time.monotonic() + 30  # killed mid-way: once the first blocks are written
-        while not _any_block(cache / "blocks.v3") and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: _any_block(cache / "blocks.v3"))  # killed mid-way, once some are written
         for pid in daemon_pids(mnt):
             os.kill(pid, signal.SIGKILL)
         for reader in readers:

@@ -5,21 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
+from pathlib import Path
 
 import pytest
 
 from conftest import (IDCFS, daemon_pids, force_unmount, is_mounted, mounted, mounting, run_idcfs,
-                      series_dir)
-
-
-def wait_for(predicate, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+                      series_dir, wait_for)
 
 
 @pytest.fixture
@@ -151,8 +142,9 @@ def test_a_mountpoint_with_a_space_in_its_path_mounts_shows_in_status_and_unmoun
 
 
 def children(pid: int) -> list[int]:
-    return [int(child) for task in os.listdir(f"/proc/{pid}/task")
-            for child in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(child) for task in tasks.iterdir()
+            for child in (task / "children").read_text().split()]
 
 
 def test_the_background_daemon_is_one_process_of_its_own_session_that_passes_on_its_notes(
@@ -185,16 +177,15 @@ def test_a_mount_that_fails_its_checks_leaves_no_process_behind(sample, fast_s3,
     its load of the tree; either way the one line reaches the person and the daemon is gone."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    index = tmp_path / "index"
-    index.mkdir()
-    (index / "idc_index.parquet").write_bytes(b"not parquet")
-    extra = (["--index", str(sample.index_dir), "--filter", "no_such_column = 1"]
-             if case == "bad option" else ["--index", str(index)])
+    if case == "bad option":
+        extra = ["--index", str(sample.index_dir), "--filter", "no_such_column = 1"]
+    else:
+        index = tmp_path / "index"
+        index.mkdir()
+        (index / "idc_index.parquet").write_bytes(b"not parquet")
+        extra = ["--index", str(index)]
     proc = run_idcfs("mount", str(mnt), *extra, "--endpoint-url", fast_s3,
                      "--cache-dir", str(tmp_path / "cache"))
     assert proc.returncode == 1 and proc.stderr.startswith("idcfs: "), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    deadline = time.monotonic() + 10
-    while daemon_pids(mnt) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert daemon_pids(mnt) == []
+    assert wait_for(lambda: not daemon_pids(mnt), timeout=10)
