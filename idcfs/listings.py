@@ -76,9 +76,9 @@ class Listings:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "w") as out:
-                json.dump({"names": listing.names, "sizes": listing.sizes, "etags": listing.etags},
-                          out)
+            with os.fdopen(fd, "w") as out:  # dumps: dump encodes in Python, 2-3× slower
+                out.write(json.dumps({"names": listing.names, "sizes": listing.sizes,
+                                      "etags": listing.etags}))
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("could not persist the listing of %s/%s: %s", ref.bucket, ref.uuid, exc)

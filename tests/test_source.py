@@ -10,7 +10,7 @@ import pytest
 import s3server
 from conftest import Canned, HtmlPage, answering, in_blocks
 from idcfs.errors import SourceError
-from idcfs.s3.source import ObjectSource
+from idcfs.s3.source import ObjectSource, _parts
 
 
 def run(endpoint: str, method: str, *args):
@@ -173,6 +173,15 @@ def test_a_big_series_is_listed_in_parts_at_once_and_equals_its_listing_page_by_
     parts = run(fast_s3, "list_series", bucket, prefix, count)
     assert parts == whole and len(parts) == count
     assert s3server.counts(fast_s3)["LIST"] == 16
+
+
+def test_a_big_series_is_listed_in_the_parts_that_take_the_fewest_rounds_of_requests():
+    """The 91,980-file series over 16 listing connections: 16 parts of 6 pages each (6 rounds),
+    not 256 parts of one page (16 rounds); over 64 connections, 256 parts take 4 rounds."""
+    assert len(_parts(91_980, connections=16)) == 16
+    assert len(_parts(91_980, connections=64)) == 256
+    assert len(_parts(1_005, connections=16)) == 16
+    assert len(_parts(1_005, connections=1)) == 16  # as many rounds either way: fewer requests
 
 
 def test_parts_that_miss_objects_fall_back_to_the_listing_page_by_page(sample, fast_s3):

@@ -128,7 +128,7 @@ class ObjectSource:
         listing is kept only if it holds exactly as many objects as the index says; otherwise
         the series is listed page after page, as any other."""
         if expected > PAGE:
-            parts = PARTS_SMALL if expected <= PAGE * len(PARTS_SMALL) else PARTS_LARGE
+            parts = _parts(expected, self._listing_connections)
             listed = await asyncio.gather(*(self._list_all(bucket, prefix, prefix + part)
                                             for part in parts))
             found = [entry for part in listed for entry in part]
@@ -253,6 +253,18 @@ class ObjectSource:
                 f"reading s3://{bucket}/{key} at {self.where} returned "
                 f"{'more than ' if longer else ''}{received} bytes for a range of {length}"))
         return blocks
+
+
+def _parts(expected: int, connections: int) -> tuple[str, ...]:
+    """The name prefixes to list a series of expected objects by: those that take the fewest
+    rounds of requests over the listing connections (a part is listed page after page), the
+    fewer parts if both take as many. 256 parts of the 91,980-file series over 16 connections
+    were 16 rounds of one page each; 16 parts are 6 rounds of full pages, and 160 fewer
+    requests to send and answer."""
+    def rounds(parts: tuple[str, ...]) -> int:
+        return -(-len(parts) // connections) * -(-expected // (len(parts) * PAGE))
+
+    return min((PARTS_SMALL, PARTS_LARGE), key=rounds)
 
 
 def _hold_for_backoff(attempts: int, operation, response=None, caught_exception=None,
