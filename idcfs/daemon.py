@@ -34,7 +34,9 @@ from .namespace.about import AboutNodes
 from .namespace.tree_nodes import TreeNodes
 from .prefetch import Reader
 from .index.selection import BadSelection
-from .s3.source import ObjectSource
+from .errors import SourceError
+from .s3.check import check
+from .s3.endpoint import Health
 from .index.tree import Tree
 
 log = logging.getLogger("idcfs")
@@ -122,6 +124,14 @@ async def _guarded(task, *args) -> None:
 
 async def _ready_when_answering(cfg: MountConfig, mount: _Mount, ready_fd: int | None,
                                 started: float) -> None:
+    try:
+        await _announce_when_answering(cfg, mount, ready_fd, started)
+    finally:  # then the S3 client; whatever happened, requests waiting for it are let go
+        await mount.make_source()
+
+
+async def _announce_when_answering(cfg: MountConfig, mount: _Mount, ready_fd: int | None,
+                                   started: float) -> None:
     # Abandoned if cancelled: once the FUSE loop stops (a signal right after mounting), a stat of
     # the mountpoint only returns when the mount is gone, and must not hold up the shutdown.
     st = await trio.to_thread.run_sync(os.stat, cfg.mountpoint, abandon_on_cancel=True)
@@ -191,35 +201,64 @@ async def _return_freed_memory(every: float = 2.0) -> None:
 
 
 class _Mount:
-    """The layers of one mount, made on the event loop that serves it."""
+    """The layers of one mount, made on the event loop that serves it.
+
+    The S3 client (the object source) is made only once the mount is ready (make_source):
+    botocore's import and service models were ~0.3 s of every mount. Listings and reads that
+    come before it wait for it; the endpoint check before "ready" does without it (check.py)."""
 
     def __init__(self, cfg: MountConfig, tree: Tree, bridge: AsyncioBridge) -> None:
-        self.source = ObjectSource(cfg.endpoint_url, cfg.max_connections, cfg.ca_bundle)
-        self.listings = Listings(
-            lambda ref: bridge.run(self.source.list_series(ref.bucket, ref.prefix, ref.instances)),
-            cfg.cache_dir)
+        self.health = Health()
+        self.listings = Listings(self._list, cfg.cache_dir)
         self.disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
-        self.cache = BlockCache(
-            lambda obj, start, length, block_size: bridge.run(
-                self.source.get_blocks(obj.bucket, obj.key, start, length, block_size)),
-            self.disk, cfg.memory_cache_size)
+        self.cache = BlockCache(self._get_blocks, self.disk, cfg.memory_cache_size)
         self.reader = Reader(self.cache, concurrency=max(4, cfg.max_connections // 2))
         nodes = TreeNodes(tree, self.listings, self.reader, cfg.request_timeout, FailureLog())
         self.ops = Operations(Namespace(nodes, AboutNodes(tree.files.meta, _options(cfg, tree),
                                                           self.stats)),
                               Attributes(cfg.uid, cfg.gid, cfg.umask, tree.timestamp_ns))
+        self.source = None  # an ObjectSource once make_source has made it
+        self._source_made = trio.Event()
+        self._cfg = cfg
         self._bridge = bridge
         self._tree = tree
         self._problem: str | None = None
         self._checked = trio.Event()
+
+    async def make_source(self) -> None:
+        try:
+            self.source = await self._bridge.run(_made_source(self._cfg, self.health))
+            _freeze_what_start_up_made()  # botocore's service models, now loaded
+        finally:
+            self._source_made.set()
+
+    async def _source(self):
+        await self._source_made.wait()
+        if self.source is None:
+            raise SourceError("the S3 client could not be made (the daemon's log says why)")
+        return self.source
+
+    async def _list(self, ref):
+        source = await self._source()
+        return await self._bridge.run(source.list_series(ref.bucket, ref.prefix, ref.instances))
+
+    async def _get_blocks(self, obj, start: int, length: int, block_size: int):
+        source = await self._source()
+        return await self._bridge.run(
+            source.get_blocks(obj.bucket, obj.key, start, length, block_size))
 
     async def check_endpoint(self) -> None:
         """One cheap request while the mount is made: is the endpoint there?"""
         try:
             if self._tree.rows:
                 first = self._tree.series(0)
-                self._problem = await self._bridge.run(
-                    self.source.check(first.bucket, first.prefix))
+                verdict = await self._bridge.run(check(
+                    self._cfg.endpoint_url, self._cfg.ca_bundle, first.bucket, first.prefix))
+                self._problem = verdict.problem
+                if verdict.unreachable:
+                    self.health.failed(verdict.problem)
+                elif verdict.problem is None:
+                    self.health.answered()
         finally:
             self._checked.set()
 
@@ -227,16 +266,36 @@ class _Mount:
         await self._checked.wait()
         return self._problem
 
+    def close_source(self) -> None:
+        """From outside the event loops, once they stopped."""
+        if self.source is not None:
+            self._bridge.call(self.source.close())
+
     def stats(self) -> dict:
         cache, disk, source, ops = self.cache, self.disk, self.source, self.ops
         return {**cache.stats, "listings_fetched": self.listings.fetched, "errors": ops.errors,
-                "endpoint": source.where, "endpoint_health": source.health.as_dict(),
-                "hedged_requests": source.hedging.hedged, "handler_errors": ops.unexpected,
+                "endpoint": self._cfg.endpoint_url or "https://s3.amazonaws.com",
+                "endpoint_health": self.health.as_dict(),
+                "hedged_requests": source.hedging.hedged if source else 0,
+                "handler_errors": ops.unexpected,
                 "disk_write_failures": cache.writer.failed,
                 "disk_cache_bytes": disk.used, "disk_cache_limit": disk.limit,
                 "disk_cache_blocks": disk.count, "damaged_blocks_refetched": disk.corrupt,
                 "disk_write_errors": disk.write_errors,
                 "blocks_not_written_disk_busy": cache.writer.skipped}
+
+
+async def _made_source(cfg: MountConfig, health: Health):
+    """The mount's ObjectSource, started (on the asyncio loop)."""
+    from .s3.source import ObjectSource  # botocore: imported once the mount is ready
+
+    source = ObjectSource(cfg.endpoint_url, cfg.max_connections, cfg.ca_bundle, health)
+    try:
+        await source.start()
+    except BaseException:
+        await source.close()
+        raise
+    return source
 
 
 def _options(cfg: MountConfig, tree: Tree) -> dict:
@@ -271,7 +330,6 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
     bridge.start()
     mount = _Mount(cfg, tree, bridge)
     try:
-        bridge.call(mount.source.start())
         threading.Thread(target=mount.disk.scan, name="idcfs-cache-scan", daemon=True).start()
         _freeze_what_start_up_made()
         trio.run(_serve, cfg, mount, ready_fd, started)
@@ -280,7 +338,7 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
         _announce(ready_fd, str(exc))
         return 1
     finally:
-        bridge.call(mount.source.close())
+        mount.close_source()
         bridge.stop()
         mount.cache.writer.drain()
     log.info("unmounted %s", cfg.mountpoint)

@@ -12,11 +12,10 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.parsers import AioResponseParserFactory, AioRestXMLParser
 from aiobotocore.session import AioSession
-from botocore import UNSIGNED, __version__ as botocore_version
+from botocore import UNSIGNED
 from botocore.configprovider import BOTOCORE_DEFAUT_SESSION_VARIABLES, ConstantProvider
-from botocore.httpsession import get_cert_path
 
-from .. import __version__
+from .trust import user_agent
 
 DEFAULT_REGION = "us-east-1"  # all three of IDC's AWS buckets
 
@@ -98,23 +97,6 @@ def isolated_session() -> AioSession:
     parsers.set_parser_defaults(timestamp_parser=_raw_timestamp)
     session.register_component("response_parser_factory", parsers)
     return session
-
-
-def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
-    """The trust of every connection: the system's store and botocore's bundle, or only the CA
-    bundle given (the same as _SystemTrust gives botocore's own connections)."""
-    if ca_bundle:
-        return ssl.create_default_context(cafile=ca_bundle)
-    context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(get_cert_path(True))
-    return context
-
-
-def user_agent() -> str:
-    """A fixed User-Agent names idcfs to the endpoint's operators, and spares botocore composing
-    its own twice per request from a dozen sanitised parts (~12 % of its CPU per GetObject,
-    measured with cProfile over a series of 292 GETs)."""
-    return f"idcfs/{__version__} botocore/{botocore_version}"
 
 
 def client_config(endpoint_url: str | None, max_connections: int, attempts: int,

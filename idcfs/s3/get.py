@@ -5,7 +5,7 @@ botocore's request pipeline (parameter validation, endpoint rules, event hooks, 
 parser) cost ~1.9 ms of CPU per GET here, more than the rest of a small file's fetch, and its
 response object hides the stream it reads from. This sends the same request as botocore would
 (path-style at an --endpoint-url, virtual-hosted at AWS; the same User-Agent, no checksum
-headers), through a pool with the same trust (client.tls_context) and proxies (HTTPS_PROXY,
+headers), through a pool with the same trust (trust.tls_context) and proxies (HTTPS_PROXY,
 NO_PROXY), and retries exactly as botocore's standard mode does: its own RetryPolicy,
 ExponentialBackoff and RetryQuota decide, from the same RetryContext it would build. Listings
 stay on botocore, where its parsing earns its cost.
@@ -20,17 +20,13 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
-from botocore.retries import quota
 from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError,
                                  EndpointConnectionError, ProxyConnectionError, ReadTimeoutError,
                                  SSLError)
-from botocore.retries.standard import (ExponentialBackoff, RetryContext, RetryEventAdapter,
-                                       RetryPolicy, RetryQuotaChecker, StandardRetryConditions,
-                                       ThrottlingErrorDetector)
 from yarl import URL
 
-from .client import tls_context, user_agent
 from .hedge import backing_off
+from .trust import tls_context, user_agent
 
 ATTEMPTS = 3  # botocore's standard mode
 ERROR_BODY_LIMIT = 64 << 10
@@ -65,6 +61,14 @@ class ObjectGets:
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._operation = None  # botocore's model of GetObject, which its retry rules read
+        # botocore's retry rules import botocore.utils (~0.1 s): here, not where the endpoint
+        # check (check.py) imports this module's helpers before the mount is ready.
+        from botocore.retries import quota
+        from botocore.retries.standard import (ExponentialBackoff, RetryContext,
+                                               RetryEventAdapter, RetryPolicy, RetryQuotaChecker,
+                                               StandardRetryConditions, ThrottlingErrorDetector)
+
+        self._context = RetryContext
         detector = ThrottlingErrorDetector(RetryEventAdapter())
         self._policy = RetryPolicy(StandardRetryConditions(max_attempts=ATTEMPTS),
                                    ExponentialBackoff(service_name="s3",
@@ -91,17 +95,11 @@ class ObjectGets:
         trust_env reads them, and ~/.netrc in a thread, on every request."""
         host = (url.scheme, url.host)
         if host not in self._proxies:
-            try:
-                self._proxies[host] = get_env_proxy_for_url(url)
-            except LookupError:
-                self._proxies[host] = (None, None)
+            self._proxies[host] = proxy_for(url)
         return self._proxies[host]
 
     def url(self, bucket: str, key: str) -> URL:
-        path = quote(key, safe="/~")
-        if self.endpoint_url:
-            return URL(f"{self.endpoint_url}/{bucket}/{path}", encoded=True)
-        return URL(f"https://{bucket}.s3.amazonaws.com/{path}", encoded=True)
+        return object_url(self.endpoint_url, bucket, key)
 
     async def open(self, bucket: str, key: str, start: int, last: int) -> aiohttp.ClientResponse:
         """The answer to GET bytes start..last (headers read, body not), after the retries
@@ -116,20 +114,20 @@ class ObjectGets:
                 answer = await self._session.get(url, headers={"Range": f"bytes={start}-{last}"},
                                                  proxy=proxy, proxy_auth=proxy_auth)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                failure: Exception = _as_botocore(exc, str(url))
-                context = RetryContext(attempt, operation_model=self._operation,
-                                       caught_exception=failure, request_context=request_context)
+                failure: Exception = as_botocore(exc, str(url))
+                context = self._context(attempt, operation_model=self._operation,
+                                        caught_exception=failure, request_context=request_context)
             else:
                 if answer.status < 300:
                     self._quota.release_retry_quota(request_context, _Answer(answer.status, {}))
                     return answer
                 body = await _small_body(answer)
-                code, message = _error_of(body, answer.status)
+                code, message = error_of(body, answer.status)
                 failure = HTTPError(answer.status, code, message)
-                context = RetryContext(attempt, operation_model=self._operation,
-                                       parsed_response={"Error": {"Code": code}},
-                                       http_response=_Answer(answer.status, answer.headers),
-                                       request_context=request_context)
+                context = self._context(attempt, operation_model=self._operation,
+                                        parsed_response={"Error": {"Code": code}},
+                                        http_response=_Answer(answer.status, answer.headers),
+                                        request_context=request_context)
             retry = self._policy.should_retry(context)
             if not (retry and self._quota.acquire_retry_quota(context)):
                 raise failure
@@ -137,6 +135,24 @@ class ObjectGets:
             backing_off(delay)
             await asyncio.sleep(delay)
             attempt += 1
+
+
+def object_url(endpoint_url: str | None, bucket: str, key: str) -> URL:
+    """Where botocore would send a request for key (the bucket itself for ""): path-style at an
+    endpoint URL (without a trailing slash), virtual-hosted at AWS."""
+    path = quote(key, safe="/~")
+    if endpoint_url:
+        return URL(f"{endpoint_url.rstrip('/')}/{bucket}" + (f"/{path}" if key else ""),
+                   encoded=True)
+    return URL(f"https://{bucket}.s3.amazonaws.com/{path}", encoded=True)
+
+
+def proxy_for(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy of url's host from HTTPS_PROXY/HTTP_PROXY and NO_PROXY, as aiohttp reads them."""
+    try:
+        return get_env_proxy_for_url(url)
+    except LookupError:
+        return None, None
 
 
 async def _small_body(answer: aiohttp.ClientResponse) -> bytes:
@@ -148,7 +164,7 @@ async def _small_body(answer: aiohttp.ClientResponse) -> bytes:
         answer.release()
 
 
-def _error_of(body: bytes, status: int) -> tuple[str, str]:
+def error_of(body: bytes, status: int) -> tuple[str, str]:
     """An S3 error document's Code and Message (the status's name if it has none)."""
     code, message = _CODE.search(body), _MESSAGE.search(body)
     name = code.group(1).decode(errors="replace") if code else {
@@ -157,7 +173,7 @@ def _error_of(body: bytes, status: int) -> tuple[str, str]:
     return name, message.group(1).decode(errors="replace") if message else ""
 
 
-def _as_botocore(exc: BaseException, url: str) -> Exception:
+def as_botocore(exc: BaseException, url: str) -> Exception:
     """The botocore exception its HTTP layer raises for what aiohttp raised: what its retry
     rules classify, and what endpoint.describe explains."""
     if isinstance(exc, aiohttp.ClientSSLError):

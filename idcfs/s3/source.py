@@ -43,13 +43,13 @@ class ObjectSource:
     botocore's bundle)."""
 
     def __init__(self, endpoint_url: str | None, max_connections: int = 64,
-                 ca_bundle: str | None = None) -> None:
+                 ca_bundle: str | None = None, health: Health | None = None) -> None:
         self.endpoint_url = endpoint_url
         # One bound for both pools (at least one connection each): a quarter for listings
         # (botocore's), the rest for GETs.
         self._listing_connections = max(1, max_connections // 4)
         self.ca_bundle = ca_bundle
-        self.health = Health()
+        self.health = health or Health()
         self.hedging = Hedging()
         self._session = isolated_session()
         self._gets = ObjectGets(endpoint_url, max(1, max_connections - self._listing_connections),
@@ -61,16 +61,12 @@ class ObjectSource:
     def where(self) -> str:
         return self.endpoint_url or "https://s3.amazonaws.com"
 
-    def _client_for(self, attempts: int, connect_timeout: float, read_timeout: float):
-        return self._session.create_client(
+    async def start(self) -> None:
+        self._client = await self._stack.enter_async_context(self._session.create_client(
             "s3", region_name=DEFAULT_REGION, endpoint_url=self.endpoint_url,
             verify=self.ca_bundle or True,
-            config=client_config(self.endpoint_url, self._listing_connections, attempts,
-                                 connect_timeout, read_timeout))
-
-    async def start(self) -> None:
-        self._client = await self._stack.enter_async_context(
-            self._client_for(attempts=3, connect_timeout=10, read_timeout=30))
+            config=client_config(self.endpoint_url, self._listing_connections, attempts=3,
+                                 connect_timeout=10, read_timeout=30)))
         # botocore parses every S3 body a second time to see whether a 200 is an error document
         # (a fifth of the CPU of listing a big series). S3 answers no listing that way, and a
         # body that is not a listing is refused by list_series whatever it is.
@@ -89,29 +85,6 @@ class ObjectSource:
             self.health.answered()
         return SourceError(f"{what} s3://{bucket}/{key} at {self.where} failed: "
                            f"{describe(exc, self.where)}")
-
-    async def check(self, bucket: str, prefix: str, timeout: float = 5.0) -> str | None:
-        """One cheap request (a listing of one key), bounded to timeout: None if the endpoint
-        answers as S3 does, else one line saying what is wrong."""
-        try:
-            async with asyncio.timeout(timeout):
-                # A client of its own that does not retry: botocore's backoff between retries
-                # of a refused connection would outlast the bound.
-                async with self._client_for(1, timeout, timeout) as client:
-                    page = await client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-        except TimeoutError:
-            problem = f"no answer from {self.where} within {timeout:g} s"
-            self.health.failed(problem)
-            return problem
-        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
-            problem = describe(exc, self.where)
-            if is_connection_failure(exc):
-                self.health.failed(problem)
-            return f"{self.where} answered {problem}" if isinstance(exc, ClientError) else problem
-        if "IsTruncated" not in page:
-            return f"{self.where} does not answer as S3 does: {_not_s3(page)}"
-        self.health.answered()
-        return None
 
     async def list_series(self, bucket: str, prefix: str,
                           expected: int = 0) -> list[tuple[str, int, str]]:
