@@ -1,10 +1,11 @@
 """Mount-time, memory and listing benchmark of idcfs over the full installed IDC index.
 
 Measures what a user feels first: how long `idcfs mount` takes to return (with an empty cache, so
-including the one-time build of the tree, and again on a remount), the daemon's memory right after
-mounting and after listing every patient of nlst, and how long `ls` takes at each level. Each `ls`
-is also run on a plain directory tree of the same names on the local disk, made in the same run,
-as the reference. Series folders are not listed (no S3 endpoint is involved).
+including the one-time build of the tree, and again on a remount), and on a remount how long
+until the daemon has made its S3 client too (right after "ready"; the tree needs none), the
+daemon's memory right after mounting and after listing every patient of nlst, and how long `ls`
+takes at each level. Each `ls` is also run on a plain directory tree of the same names on the
+local disk, made in the same run, as the reference. Series folders are not listed (no S3 endpoint is involved).
 
     .venv/bin/python bench/mount.py [--runs N]
 """
@@ -12,6 +13,7 @@ as the reference. Series folders are not listed (no S3 endpoint is involved).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -52,11 +54,25 @@ def median_time(command: list[str], runs: int) -> tuple[float, float]:
     return first, statistics.median(timed(command) for _ in range(runs))
 
 
-def mount(mountpoint: Path, cache: Path) -> float:
+def mount(mountpoint: Path, cache: Path) -> tuple[float, float]:
+    """(seconds until `idcfs mount` returned, until the mount's S3 client was made too)."""
     started = time.perf_counter()
     subprocess.run([*IDCFS, "mount", str(mountpoint), "--cache-dir", str(cache),
-                    "--endpoint-url", "http://127.0.0.1:9"], check=True)
-    return time.perf_counter() - started
+                    "--endpoint-url", "http://127.0.0.1:9"], check=True,
+                   stderr=subprocess.DEVNULL)  # the warning that nothing listens at :9
+    ready = time.perf_counter() - started
+    return ready, client_made(mountpoint) - started
+
+
+def client_made(mountpoint: Path) -> float:
+    """When the daemon had made its S3 client (it does so right after "ready")."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = json.loads((mountpoint / ".idcfs" / "stats").read_text())
+        if stats.get("s3_client", "ready") != "starting":
+            break
+        time.sleep(0.005)
+    return time.perf_counter()
 
 
 def umount(mountpoint: Path) -> None:
@@ -77,15 +93,19 @@ def main() -> int:
     rows = []
     try:
         step("first mount (empty cache: builds the tree from the full index)")
-        rows.append(("mount, empty cache (incl. tree build)", mount(mnt, cache), "s", "<= 3 s"))
+        rows.append(("mount, empty cache (incl. tree build)", mount(mnt, cache)[0], "s",
+                     "<= 3 s"))
         umount(mnt)
         step(f"remount (tree reused), {args.runs} times")
         times = []
         for _ in range(args.runs):
             times.append(mount(mnt, cache))
             umount(mnt)
-        rows.append(("mount, tree already built (median)", statistics.median(times), "s",
-                     f"<= 0.5 s; {min(times):.3f}-{max(times):.3f} s in {len(times)} runs"))
+        for label, values in (("mount, tree already built (median)", [t[0] for t in times]),
+                              ("  and its S3 client made (median)", [t[1] for t in times])):
+            rows.append((label, statistics.median(values), "s",
+                         f"{'<= 0.5 s; ' if label.startswith('mount') else ''}"
+                         f"{min(values):.3f}-{max(values):.3f} s in {len(values)} runs"))
         mount(mnt, cache)
         pid = daemon_pid(mnt)
         rows.append(("daemon RSS right after mount", rss_mb(pid)[0], "MB", "<= 400 MB"))

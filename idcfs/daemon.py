@@ -35,13 +35,14 @@ from .namespace.tree_nodes import TreeNodes
 from .prefetch import Reader
 from .index.selection import BadSelection
 from .errors import SourceError
-from .s3.check import check
+from .s3.check import check, timed_out
 from .s3.endpoint import Health
 from .index.tree import Tree
 
 log = logging.getLogger("idcfs")
 
 STOP_GRACE_SECONDS = 5
+CHECK_SECONDS = 5.0  # the endpoint check before "ready", at most
 READ_AHEAD_KB = 4096
 BASE_FUSE_OPTIONS = {"fsname=idcfs", "subtype=idcfs", "ro", "default_permissions"}
 
@@ -251,9 +252,12 @@ class _Mount:
         """One cheap request while the mount is made: is the endpoint there?"""
         try:
             if self._tree.rows:
-                first = self._tree.series(0)
-                verdict = await self._bridge.run(check(
-                    self._cfg.endpoint_url, self._cfg.ca_bundle, first.bucket, first.prefix))
+                first, cfg = self._tree.series(0), self._cfg
+                verdict = timed_out(cfg.endpoint_url, CHECK_SECONDS)
+                with trio.move_on_after(CHECK_SECONDS):
+                    verdict = await trio.to_thread.run_sync(
+                        check, cfg.endpoint_url, cfg.ca_bundle, first.bucket, first.prefix,
+                        CHECK_SECONDS, abandon_on_cancel=True)
                 self._problem = verdict.problem
                 if verdict.unreachable:
                     self.health.failed(verdict.problem)
@@ -276,6 +280,8 @@ class _Mount:
         return {**cache.stats, "listings_fetched": self.listings.fetched, "errors": ops.errors,
                 "endpoint": self._cfg.endpoint_url or "https://s3.amazonaws.com",
                 "endpoint_health": self.health.as_dict(),
+                "s3_client": "ready" if source else "failed" if self._source_made.is_set()
+                else "starting",
                 "hedged_requests": source.hedging.hedged if source else 0,
                 "handler_errors": ops.unexpected,
                 "disk_write_failures": cache.writer.failed,

@@ -80,8 +80,8 @@ def test_a_ca_known_only_to_the_system_store_is_trusted(sample, sample_tree, sys
                      env=user_env(tmp_path / "home")) as (proc, mnt):
         assert proc.returncode == 0 and not warnings_of(proc), proc.stderr
         assert_reads_exactly(sample, mnt)
-        health = json.loads((mnt / ".idcfs" / "stats").read_text())["endpoint_health"]
-        assert health["state"] == "ok"
+        stats = json.loads((mnt / ".idcfs" / "stats").read_text())
+        assert stats["endpoint_health"]["state"] == "ok" and stats["s3_client"] == "ready"
 
 
 def test_a_ca_nobody_trusts_is_named_at_mount_with_the_fix_and_reads_fail_with_eio(

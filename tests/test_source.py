@@ -100,25 +100,26 @@ def test_a_listing_makes_botocores_three_attempts_and_the_mount_check_one():
             run(endpoint, "list_series", "idc-open-data", "x/")
         assert Unavailable.requests == 3  # botocore's
         Unavailable.requests = 0
-        verdict = asyncio.run(check(endpoint, None, "idc-open-data", "x/"))
+        verdict = check(endpoint, None, "idc-open-data", "x/")
         assert verdict.problem == f"{endpoint} answered HTTP 503 ServiceUnavailable"
         assert not verdict.unreachable and Unavailable.requests == 1
 
 
 def test_the_mount_check_passes_an_s3_endpoint_and_says_what_is_wrong_with_others(
         sample, s3_endpoint):
-    """The check is one listing on aiohttp alone (botocore is made after "ready")."""
+    """The check is one listing on the standard library alone (the S3 client is made after
+    "ready")."""
     row = sample.rows[0]
-    ok = asyncio.run(check(s3_endpoint, None, row["aws_bucket"], f"{row['crdc_series_uuid']}/"))
+    ok = check(s3_endpoint, None, row["aws_bucket"], f"{row['crdc_series_uuid']}/")
     assert ok.problem is None
     with answering(HtmlPage) as endpoint:
-        page = asyncio.run(check(endpoint, None, "idc-open-data", "x/"))
+        page = check(endpoint, None, "idc-open-data", "x/")
     assert "HTML page" in page.problem and not page.unreachable
     with answering(IgnoresRange) as endpoint:  # a 200 that is no listing
-        other = asyncio.run(check(endpoint, None, "idc-open-data", "x/"))
+        other = check(endpoint, None, "idc-open-data", "x/")
     assert other.problem == f"{endpoint} does not answer as S3 does: the endpoint's answer " \
                             "(application/dicom) is not an S3 response"
-    down = asyncio.run(check("http://127.0.0.1:9", None, "idc-open-data", "x/"))
+    down = check("http://127.0.0.1:9", None, "idc-open-data", "x/")
     assert "refused the connection" in down.problem and down.unreachable
 
 

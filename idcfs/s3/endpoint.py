@@ -8,16 +8,20 @@ trusted is almost always a network that inspects TLS, whose root belongs in the 
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
+import sys
 import time
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
-import aiohttp
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError,
                                  EndpointConnectionError, ProxyConnectionError, ReadTimeoutError,
                                  SSLError)
+
+_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]{0,512})</Message>")
 
 TRUST_HINT = ("if this network inspects TLS, add its root certificate to the system's store "
               "(Debian: copy it to /usr/local/share/ca-certificates/ and run "
@@ -58,15 +62,15 @@ def describe(exc: BaseException, url: str) -> str:
     if hasattr(exc, "status") and hasattr(exc, "code"):  # get.HTTPError
         return str(exc)
     cert = (_find(exc, ssl.SSLCertVerificationError)
-            or _find(exc, aiohttp.ClientConnectorCertificateError))
+            or _find(exc, _aiohttp("ClientConnectorCertificateError")))
     if cert is not None:
         reason = getattr(cert, "verify_message", None) or str(cert)
         return f"the certificate of {host} is not trusted ({reason}): {TRUST_HINT}"
-    if isinstance(exc, ProxyConnectionError) or _find(exc, aiohttp.ClientProxyConnectionError):
+    if isinstance(exc, ProxyConnectionError) or _find(exc, _aiohttp("ClientProxyConnectionError")):
         proxy = getattr(exc, "kwargs", {}).get("proxy_url", "the proxy")
         return (f"cannot connect through the proxy {proxy} (HTTPS_PROXY/HTTP_PROXY; NO_PROXY "
                 f"lists hosts reached directly): {_innermost(exc)}")
-    if _find(exc, aiohttp.ClientHttpProxyError) is not None:
+    if _find(exc, _aiohttp("ClientHttpProxyError")) is not None:
         return f"the proxy refused to connect to {host}: {_innermost(exc)}"
     if _find(exc, socket.gaierror) is not None or _find(exc, _dns_error()) is not None:
         return (f"cannot resolve {urlparse(url).hostname or host}: no network or no DNS here, or a "
@@ -85,8 +89,16 @@ def describe(exc: BaseException, url: str) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _dns_error() -> type:
-    return getattr(aiohttp, "ClientConnectorDNSError", socket.gaierror)
+def _dns_error() -> tuple[type, ...]:
+    return _aiohttp("ClientConnectorDNSError") or (socket.gaierror,)
+
+
+def _aiohttp(name: str) -> tuple[type, ...]:
+    """aiohttp's exception class of that name, if aiohttp is loaded: no exception can be one of
+    its own before (the endpoint check, check.py, runs on the standard library)."""
+    module = sys.modules.get("aiohttp")
+    kind = getattr(module, name, None)
+    return (kind,) if isinstance(kind, type) else ()
 
 
 def _innermost(exc: BaseException) -> str:
@@ -102,7 +114,26 @@ def is_connection_failure(exc: BaseException) -> bool:
     """Whether the request never got an answer from the endpoint (not an HTTP error)."""
     return not isinstance(exc, ClientError) and not hasattr(exc, "status") and _find(
         exc, (EndpointConnectionError, ProxyConnectionError, SSLError, ConnectTimeoutError,
-              ReadTimeoutError, aiohttp.ClientConnectionError, OSError, TimeoutError)) is not None
+              ReadTimeoutError, *_aiohttp("ClientConnectionError"), OSError,
+              TimeoutError)) is not None
+
+
+def object_url(endpoint_url: str | None, bucket: str, key: str) -> str:
+    """Where botocore would send a request for key (the bucket itself for ""), percent-encoded:
+    path-style at an endpoint URL (without a trailing slash), virtual-hosted at AWS."""
+    path = quote(key, safe="/~")
+    if endpoint_url:
+        return f"{endpoint_url.rstrip('/')}/{bucket}" + (f"/{path}" if key else "")
+    return f"https://{bucket}.s3.amazonaws.com/{path}"
+
+
+def error_of(body: bytes, status: int) -> tuple[str, str]:
+    """An S3 error document's Code and Message (the status's name if it has none)."""
+    code, message = _CODE.search(body), _MESSAGE.search(body)
+    name = code.group(1).decode(errors="replace") if code else {
+        403: "Forbidden", 404: "NotFound", 416: "InvalidRange", 429: "TooManyRequests",
+        500: "InternalError", 503: "ServiceUnavailable"}.get(status, "Error")
+    return name, message.group(1).decode(errors="replace") if message else ""
 
 
 @dataclass

@@ -14,24 +14,25 @@ stay on botocore, where its parsing earns its cost.
 from __future__ import annotations
 
 import asyncio
-import re
 import urllib.request
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
+from botocore.retries import quota
 from botocore.exceptions import (ConnectionClosedError, ConnectTimeoutError,
                                  EndpointConnectionError, ProxyConnectionError, ReadTimeoutError,
                                  SSLError)
+from botocore.retries.standard import (ExponentialBackoff, RetryContext, RetryEventAdapter,
+                                       RetryPolicy, RetryQuotaChecker, StandardRetryConditions,
+                                       ThrottlingErrorDetector)
 from yarl import URL
 
+from .endpoint import error_of, object_url
 from .hedge import backing_off
 from .trust import tls_context, user_agent
 
 ATTEMPTS = 3  # botocore's standard mode
 ERROR_BODY_LIMIT = 64 << 10
-_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
-_MESSAGE = re.compile(rb"<Message>([^<]{0,512})</Message>")
 
 
 class HTTPError(Exception):
@@ -61,14 +62,6 @@ class ObjectGets:
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._operation = None  # botocore's model of GetObject, which its retry rules read
-        # botocore's retry rules import botocore.utils (~0.1 s): here, not where the endpoint
-        # check (check.py) imports this module's helpers before the mount is ready.
-        from botocore.retries import quota
-        from botocore.retries.standard import (ExponentialBackoff, RetryContext,
-                                               RetryEventAdapter, RetryPolicy, RetryQuotaChecker,
-                                               StandardRetryConditions, ThrottlingErrorDetector)
-
-        self._context = RetryContext
         detector = ThrottlingErrorDetector(RetryEventAdapter())
         self._policy = RetryPolicy(StandardRetryConditions(max_attempts=ATTEMPTS),
                                    ExponentialBackoff(service_name="s3",
@@ -95,11 +88,14 @@ class ObjectGets:
         trust_env reads them, and ~/.netrc in a thread, on every request."""
         host = (url.scheme, url.host)
         if host not in self._proxies:
-            self._proxies[host] = proxy_for(url)
+            try:
+                self._proxies[host] = get_env_proxy_for_url(url)
+            except LookupError:
+                self._proxies[host] = (None, None)
         return self._proxies[host]
 
     def url(self, bucket: str, key: str) -> URL:
-        return object_url(self.endpoint_url, bucket, key)
+        return URL(object_url(self.endpoint_url, bucket, key), encoded=True)
 
     async def open(self, bucket: str, key: str, start: int, last: int) -> aiohttp.ClientResponse:
         """The answer to GET bytes start..last (headers read, body not), after the retries
@@ -114,9 +110,9 @@ class ObjectGets:
                 answer = await self._session.get(url, headers={"Range": f"bytes={start}-{last}"},
                                                  proxy=proxy, proxy_auth=proxy_auth)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                failure: Exception = as_botocore(exc, str(url))
-                context = self._context(attempt, operation_model=self._operation,
-                                        caught_exception=failure, request_context=request_context)
+                failure: Exception = _as_botocore(exc, str(url))
+                context = RetryContext(attempt, operation_model=self._operation,
+                                       caught_exception=failure, request_context=request_context)
             else:
                 if answer.status < 300:
                     self._quota.release_retry_quota(request_context, _Answer(answer.status, {}))
@@ -124,10 +120,10 @@ class ObjectGets:
                 body = await _small_body(answer)
                 code, message = error_of(body, answer.status)
                 failure = HTTPError(answer.status, code, message)
-                context = self._context(attempt, operation_model=self._operation,
-                                        parsed_response={"Error": {"Code": code}},
-                                        http_response=_Answer(answer.status, answer.headers),
-                                        request_context=request_context)
+                context = RetryContext(attempt, operation_model=self._operation,
+                                       parsed_response={"Error": {"Code": code}},
+                                       http_response=_Answer(answer.status, answer.headers),
+                                       request_context=request_context)
             retry = self._policy.should_retry(context)
             if not (retry and self._quota.acquire_retry_quota(context)):
                 raise failure
@@ -135,24 +131,6 @@ class ObjectGets:
             backing_off(delay)
             await asyncio.sleep(delay)
             attempt += 1
-
-
-def object_url(endpoint_url: str | None, bucket: str, key: str) -> URL:
-    """Where botocore would send a request for key (the bucket itself for ""): path-style at an
-    endpoint URL (without a trailing slash), virtual-hosted at AWS."""
-    path = quote(key, safe="/~")
-    if endpoint_url:
-        return URL(f"{endpoint_url.rstrip('/')}/{bucket}" + (f"/{path}" if key else ""),
-                   encoded=True)
-    return URL(f"https://{bucket}.s3.amazonaws.com/{path}", encoded=True)
-
-
-def proxy_for(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-    """The proxy of url's host from HTTPS_PROXY/HTTP_PROXY and NO_PROXY, as aiohttp reads them."""
-    try:
-        return get_env_proxy_for_url(url)
-    except LookupError:
-        return None, None
 
 
 async def _small_body(answer: aiohttp.ClientResponse) -> bytes:
@@ -164,16 +142,7 @@ async def _small_body(answer: aiohttp.ClientResponse) -> bytes:
         answer.release()
 
 
-def error_of(body: bytes, status: int) -> tuple[str, str]:
-    """An S3 error document's Code and Message (the status's name if it has none)."""
-    code, message = _CODE.search(body), _MESSAGE.search(body)
-    name = code.group(1).decode(errors="replace") if code else {
-        403: "Forbidden", 404: "NotFound", 416: "InvalidRange", 429: "TooManyRequests",
-        500: "InternalError", 503: "ServiceUnavailable"}.get(status, "Error")
-    return name, message.group(1).decode(errors="replace") if message else ""
-
-
-def as_botocore(exc: BaseException, url: str) -> Exception:
+def _as_botocore(exc: BaseException, url: str) -> Exception:
     """The botocore exception its HTTP layer raises for what aiohttp raised: what its retry
     rules classify, and what endpoint.describe explains."""
     if isinstance(exc, aiohttp.ClientSSLError):
