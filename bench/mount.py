@@ -5,7 +5,8 @@ including the one-time build of the tree, and again on a remount), and on a remo
 until the daemon has made its S3 client too (right after "ready"; the tree needs none), the
 daemon's memory right after mounting and after listing every patient of nlst, and how long `ls`
 takes at each level. Each `ls` is also run on a plain directory tree of the same names on the
-local disk, made in the same run, as the reference. Series folders are not listed (no S3 endpoint is involved).
+local disk, made in the same run, as the reference. Series folders are not listed (no S3
+endpoint is involved).
 
     .venv/bin/python bench/mount.py [--runs N]
 """
@@ -13,7 +14,6 @@ local disk, made in the same run, as the reference. Series folders are not liste
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tools import wait_for_s3_client
 
 IDCFS = [sys.executable, "-m", "idcfs"]
 
@@ -61,18 +63,8 @@ def mount(mountpoint: Path, cache: Path) -> tuple[float, float]:
                     "--endpoint-url", "http://127.0.0.1:9"], check=True,
                    stderr=subprocess.DEVNULL)  # the warning that nothing listens at :9
     ready = time.perf_counter() - started
-    return ready, client_made(mountpoint) - started
-
-
-def client_made(mountpoint: Path) -> float:
-    """When the daemon had made its S3 client (it does so right after "ready")."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        stats = json.loads((mountpoint / ".idcfs" / "stats").read_text())
-        if stats.get("s3_client", "ready") != "starting":
-            break
-        time.sleep(0.005)
-    return time.perf_counter()
+    wait_for_s3_client(mountpoint, time.monotonic() + 10)
+    return ready, time.perf_counter() - started
 
 
 def umount(mountpoint: Path) -> None:

@@ -84,17 +84,9 @@ class Mount:
         while not os.path.ismount(self.mnt) and time.monotonic() < deadline:
             time.sleep(0.05)
         if tool == "idcfs":
-            self._wait_for_s3_client(deadline)
-
-    def _wait_for_s3_client(self, deadline: float) -> None:
-        """idcfs makes its S3 client right after "ready" (~0.3 s; the tree needs none). A cold
-        run starts once it is made, as every run did when it was made before "ready": its cost
-        is a mount's, and bench/mount.py reports it with the remount."""
-        stats = self.mnt / ".idcfs" / "stats"
-        while time.monotonic() < deadline:
-            if json.loads(stats.read_text()).get("s3_client", "ready") != "starting":
-                return
-            time.sleep(0.01)
+            # A cold run starts once the S3 client is made, as every run did when it was made
+            # before "ready": its cost is a mount's, and bench/mount.py reports it.
+            wait_for_s3_client(self.mnt, deadline)
 
     def path(self, idcfs_path: str, key: str) -> Path:
         """A file or folder: the idcfs path, or the object key in the bucket's own layout."""
@@ -117,6 +109,16 @@ class Mount:
         subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
         if self._own_cache:
             shutil.rmtree(self.cache, ignore_errors=True)
+
+
+def wait_for_s3_client(mountpoint: Path, deadline: float) -> None:
+    """Until an idcfs mount has made its S3 client (right after "ready", ~0.3-0.5 s; the tree
+    needs none), or the monotonic deadline."""
+    stats = mountpoint / ".idcfs" / "stats"
+    while time.monotonic() < deadline:
+        if json.loads(stats.read_text()).get("s3_client", "ready") != "starting":
+            return
+        time.sleep(0.005)
 
 
 def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:

@@ -36,7 +36,7 @@ from .prefetch import Reader
 from .index.selection import BadSelection
 from .errors import SourceError
 from .s3.check import check, timed_out
-from .s3.endpoint import Health
+from .s3.endpoint import Health, endpoint_name
 from .index.tree import Tree
 
 log = logging.getLogger("idcfs")
@@ -278,7 +278,7 @@ class _Mount:
     def stats(self) -> dict:
         cache, disk, source, ops = self.cache, self.disk, self.source, self.ops
         return {**cache.stats, "listings_fetched": self.listings.fetched, "errors": ops.errors,
-                "endpoint": self._cfg.endpoint_url or "https://s3.amazonaws.com",
+                "endpoint": endpoint_name(self._cfg.endpoint_url),
                 "endpoint_health": self.health.as_dict(),
                 "s3_client": "ready" if source else "failed" if self._source_made.is_set()
                 else "starting",
@@ -307,7 +307,7 @@ async def _made_source(cfg: MountConfig, health: Health):
 def _options(cfg: MountConfig, tree: Tree) -> dict:
     sel = cfg.selection
     return {"idc_version": sel.idc_version, "source": sel.source,
-            "endpoint_url": cfg.endpoint_url or "https://s3.amazonaws.com",
+            "endpoint_url": endpoint_name(cfg.endpoint_url),
             "collections": list(sel.collections), "licenses": list(sel.licenses),
             "exclude_licenses": list(sel.exclude_licenses), "filter": sel.filter,
             "manifest": sel.manifest, "mountpoint": str(cfg.mountpoint),

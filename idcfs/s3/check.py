@@ -20,10 +20,9 @@ from xml.etree import ElementTree
 
 from botocore.exceptions import ProxyConnectionError
 
-from .endpoint import describe, error_of, is_connection_failure, object_url
+from .endpoint import (ERROR_BODY_LIMIT, describe, endpoint_name, error_of, html_page,
+                       is_connection_failure, not_s3, object_url)
 from .trust import tls_context, user_agent
-
-BODY_LIMIT = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,6 @@ def check(endpoint_url: str | None, ca_bundle: str | None, bucket: str, prefix: 
     """One ListObjectsV2 of one key under prefix, one attempt (a retry's back-off after a
     refused connection would outlast the bound), each step bounded to timeout; the caller
     bounds the whole (timed_out)."""
-    where = endpoint_url or "https://s3.amazonaws.com"
     url = urlsplit(object_url(endpoint_url, bucket, ""))
     target = (url.path or "/") + "?" + urlencode(
         {"list-type": "2", "max-keys": "1", "prefix": prefix})
@@ -53,7 +51,7 @@ def check(endpoint_url: str | None, ca_bundle: str | None, bucket: str, prefix: 
             connection.request("GET", target, headers={"User-Agent": user_agent(),
                                                        "Accept-Encoding": "identity"})
             answer = connection.getresponse()
-            body = answer.read(BODY_LIMIT)
+            body = answer.read(ERROR_BODY_LIMIT)
             status, kind = answer.status, answer.getheader("Content-Type", "no content type")
         finally:
             connection.close()
@@ -67,19 +65,19 @@ def check(endpoint_url: str | None, ca_bundle: str | None, bucket: str, prefix: 
                        unreachable=is_connection_failure(failure))
     if status >= 300:
         code, _ = error_of(body, status)
-        return Verdict(f"{where} answered HTTP {status} {code}")
+        return Verdict(f"{endpoint_name(endpoint_url)} answered HTTP {status} {code}")
     if "html" in kind:
-        return Verdict(f"{where} does not answer as S3 does: the endpoint answered with an HTML "
-                       f"page ({kind}), not S3: a proxy or login page?")
+        return Verdict(f"{endpoint_name(endpoint_url)} does not answer as S3 does: "
+                       f"{html_page(kind)}")
     if not _is_listing(body):
-        return Verdict(f"{where} does not answer as S3 does: the endpoint's answer ({kind}) is "
-                       f"not an S3 response")
+        return Verdict(f"{endpoint_name(endpoint_url)} does not answer as S3 does: "
+                       f"{not_s3(kind)}")
     return Verdict(None)
 
 
 def timed_out(endpoint_url: str | None, timeout: float) -> Verdict:
-    return Verdict(f"no answer from {endpoint_url or 'https://s3.amazonaws.com'} within "
-                   f"{timeout:g} s", unreachable=True)
+    return Verdict(f"no answer from {endpoint_name(endpoint_url)} within {timeout:g} s",
+                   unreachable=True)
 
 
 def _proxy(url):

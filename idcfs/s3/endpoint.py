@@ -20,6 +20,8 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError
                                  EndpointConnectionError, ProxyConnectionError, ReadTimeoutError,
                                  SSLError)
 
+AWS = "https://s3.amazonaws.com"  # where requests go without --endpoint-url
+ERROR_BODY_LIMIT = 64 << 10  # what is read of an error document, at most
 _CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{0,512})</Message>")
 
@@ -116,6 +118,21 @@ def is_connection_failure(exc: BaseException) -> bool:
         exc, (EndpointConnectionError, ProxyConnectionError, SSLError, ConnectTimeoutError,
               ReadTimeoutError, *_aiohttp("ClientConnectionError"), OSError,
               TimeoutError)) is not None
+
+
+def endpoint_name(endpoint_url: str | None) -> str:
+    """The endpoint as a person would name it."""
+    return endpoint_url or AWS
+
+
+def html_page(kind: str) -> str:
+    """Why an answer with this Content-Type is no S3 answer."""
+    return f"the endpoint answered with an HTML page ({kind}), not S3: a proxy or login page?"
+
+
+def not_s3(kind: str) -> str:
+    """Why a success that is neither a page nor what S3 answers is no S3 answer."""
+    return f"the endpoint's answer ({kind}) is not an S3 response"
 
 
 def object_url(endpoint_url: str | None, bucket: str, key: str) -> str:

@@ -27,12 +27,11 @@ from botocore.retries.standard import (ExponentialBackoff, RetryContext, RetryEv
                                        ThrottlingErrorDetector)
 from yarl import URL
 
-from .endpoint import error_of, object_url
+from .endpoint import ERROR_BODY_LIMIT, error_of, object_url
 from .hedge import backing_off
 from .trust import tls_context, user_agent
 
 ATTEMPTS = 3  # botocore's standard mode
-ERROR_BODY_LIMIT = 64 << 10
 
 
 class HTTPError(Exception):

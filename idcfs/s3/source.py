@@ -22,7 +22,8 @@ from botocore.retries.standard import ExponentialBackoff, RetryContext
 from ..errors import SourceError
 from ..objects import Blocks
 from .client import DEFAULT_REGION, client_config, isolated_session
-from .endpoint import Health, describe, is_connection_failure
+from .endpoint import (Health, describe, endpoint_name, html_page, is_connection_failure,
+                       not_s3)
 from .get import HTTPError, ObjectGets
 from .hedge import Hedging, Progress, backing_off
 
@@ -59,7 +60,7 @@ class ObjectSource:
 
     @property
     def where(self) -> str:
-        return self.endpoint_url or "https://s3.amazonaws.com"
+        return endpoint_name(self.endpoint_url)
 
     async def start(self) -> None:
         self._client = await self._stack.enter_async_context(self._session.create_client(
@@ -201,9 +202,8 @@ class ObjectSource:
             answered = answer.headers.get("Content-Range")
             kind = answer.headers.get("Content-Type", "no content type")
             if "html" in kind:
-                raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: the "
-                                  f"endpoint answered with an HTML page ({kind}), not S3: a "
-                                  f"proxy or login page?")
+                raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: "
+                                  f"{html_page(kind)}")
             if answered is None and start > 0:
                 raise SourceError(f"reading s3://{bucket}/{key} at {self.where} failed: the "
                                   f"endpoint answered a ranged read without the range (no "
@@ -304,9 +304,9 @@ def _not_s3(response: dict) -> str:
     headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     kind = headers.get("content-type", "no content type")
     if "html" in kind:
-        return f"the endpoint answered with an HTML page ({kind}), not S3: a proxy or login page?"
+        return html_page(kind)
     if "ContentRange" in response:
         return f"the endpoint answered with {response['ContentRange']}, not the range asked for"
     if "Body" in response:
         return "the endpoint answered a ranged read without the range (no Content-Range)"
-    return f"the endpoint's answer ({kind}) is not an S3 response"
+    return not_s3(kind)
