@@ -38,6 +38,7 @@ from pathlib import Path
 
 import data
 from endpoint import Endpoint
+from scratch import Scratch
 from tools import BUCKET, Mount, ceiling, s5cmd, through, timed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ from sample import free_port  # noqa: E402
 PROFILES = {"0ms": (0, None), "20ms": (20, None), "20ms-1G": (20, 1000),
             "40ms-1G": (40, 1000), "80ms-300M": (80, 300)}
 DEFAULT = "20ms,20ms-1G,40ms-1G,80ms-300M"
+WORKLOADS = ("copy", "volume", "big-read", "readers", "loader", "slide", "listing")
 READ_MB = 128  # what each concurrent reader reads of the 1 GiB object
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")
        and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
@@ -86,6 +88,7 @@ class Bench:
         self.results: list[dict] = []
         self.store = work / "s3" / BUCKET
         self._digests: dict[str, list[str]] = {}  # of the objects of a series, made once
+        self.scratch = Scratch(work / "tmp", say)
 
     def record(self, profile: str, workload: str, tool: str, runs: list[tuple[float, float]],
                served: dict, nbytes: int = 0, note: str = "") -> None:
@@ -144,12 +147,10 @@ class Bench:
             raise WrongBytes(f"{tool}'s copy of {uuid} differs from the objects")
 
     def fresh(self, name: str) -> Path:
-        path = self.work / "tmp" / name
-        shutil.rmtree(path, ignore_errors=True)
-        return path
+        return self.scratch.fresh(name)
 
     def mount(self, tool: str, endpoint: str, *extra: str) -> Mount:
-        return Mount(tool, endpoint, self.ca.ca_pem, self.work, ENV, extra)
+        return Mount(tool, endpoint, self.ca.ca_pem, self.work, ENV, self.scratch, extra)
 
     # -- workloads ------------------------------------------------------------------------
 
@@ -289,14 +290,14 @@ class Bench:
         def download():
             target = self.fresh("loader")
             target.mkdir(parents=True)
-            commands = self.work / "tmp" / "loader.s5cmd"
+            commands = self.scratch.root / "loader.s5cmd"
             commands.write_text("".join(f"cp s3://{BUCKET}/{s['uuid']}/* {target}/{s['uuid']}/\n"
                                         for s in series))
             return s5cmd(endpoint, self.ca.ca_pem, ENV, "run", str(commands))
         runs, served = self.cold(files, download, 1)
         self.record(profile, work, "s5cmd", runs, served, total, "download only")
         if runs:  # what the load itself costs, without a network: the downloaded copy
-            target = self.work / "tmp" / "loader"
+            target = self.scratch.root / "loader"
             local = timed([*load, *(str(target / s["uuid"]) for s in series)])
             self.record(profile, work, "local disk", [local], {}, total,
                         "the load alone, from the downloaded copy (CPU: the loader's)")
@@ -304,11 +305,13 @@ class Bench:
     def listing(self, profile: str, endpoint: str) -> None:
         big = self.meta["listing"]
         work = f"first ls of a {big['files']:,}-file series"
-        cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.work / "tmp"))
+        cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.scratch.root))
         for what in (work, "ls of it after a remount (persisted)"):
-            with Mount("idcfs", endpoint, self.ca.ca_pem, self.work, ENV, cache=cache) as m:
+            with Mount("idcfs", endpoint, self.ca.ca_pem, self.work, ENV, self.scratch,
+                       cache=cache) as m:
                 folder = m.path(big["path"], big["uuid"])
                 self.record(profile, what, "idcfs", *self.once(lambda: through(m, ["ls", str(folder)])))
+        self.scratch.discard(cache)
         self.record(profile, work, "s5cmd", *self.once(lambda: s5cmd(
             endpoint, self.ca.ca_pem, ENV, "ls", f"s3://{BUCKET}/{big['uuid']}/*")))
 
@@ -374,15 +377,19 @@ def main() -> int:
     parser.add_argument("--peers-in", default="20ms,40ms-1G",
                         help="profiles in which s3fs-fuse and rclone run too (default: 20ms,40ms-1G)")
     parser.add_argument("--repeat", type=int, default=3, help="cold runs of idcfs and s5cmd")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated, a part of a run (default: all: {','.join(WORKLOADS)})")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "idcfs-bench")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     profiles = [p for p in args.profiles.split(",") if p]
-    unknown = [p for p in profiles if p not in PROFILES]
-    if unknown:
-        print(f"bench: unknown profile(s) {', '.join(unknown)}; known: {', '.join(PROFILES)}",
-              file=sys.stderr)
-        return 1
+    workloads = [w for w in args.workloads.split(",") if w]
+    for kind, asked, known in (("profile", profiles, PROFILES), ("workload", workloads, WORKLOADS)):
+        unknown = [p for p in asked if p not in known]
+        if unknown:
+            print(f"bench: unknown {kind}(s) {', '.join(unknown)}; known: {', '.join(known)}",
+                  file=sys.stderr)
+            return 1
     missing = [t for t in ("s3fs", "rclone", "fusermount3", "nginx") if shutil.which(t) is None]
     if missing:
         print(f"bench: install {' '.join(missing)} first (apt-get install s3fs rclone fuse3 "
@@ -413,17 +420,19 @@ def main() -> int:
                 time.sleep(0.5)
                 endpoint = f"https://127.0.0.1:{port}"
             peers = profile in args.peers_in.split(",")
+            bench.scratch.empty()  # the profile before's, outside any run (bench/scratch.py)
             say(f"profile {profile} ({describe(profile)}), {n + 1} of {len(profiles)}, "
                 f"{(time.monotonic() - started) / 60:.0f} min so far")
             try:
-                bench.series_copy(profile, endpoint, peers)
-                bench.volume_load(profile, endpoint, peers)
-                bench.big_read(profile, endpoint, peers, warm=n == 0)
-                bench.readers(profile, endpoint, peers)
-                bench.loader(profile, endpoint)
-                bench.slide(profile, endpoint, peers)
-                if n == 0:
-                    bench.listing(profile, endpoint)
+                run = {"copy": lambda: bench.series_copy(profile, endpoint, peers),
+                       "volume": lambda: bench.volume_load(profile, endpoint, peers),
+                       "big-read": lambda: bench.big_read(profile, endpoint, peers, warm=n == 0),
+                       "readers": lambda: bench.readers(profile, endpoint, peers),
+                       "loader": lambda: bench.loader(profile, endpoint),
+                       "slide": lambda: bench.slide(profile, endpoint, peers),
+                       "listing": lambda: n == 0 and bench.listing(profile, endpoint)}
+                for workload in workloads:
+                    run[workload]()
             finally:
                 if link:
                     link.terminate()

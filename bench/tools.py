@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from scratch import Scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -59,12 +60,15 @@ class Mount:
     peaks: dict[str, float] = {}
 
     def __init__(self, tool: str, endpoint: str, ca: Path, work: Path, env: dict,
-                 extra: tuple[str, ...] = (), cache: Path | None = None) -> None:
-        """cache: an idcfs cache directory to use and keep (default: a new one, removed)."""
+                 scratch: Scratch, extra: tuple[str, ...] = (),
+                 cache: Path | None = None) -> None:
+        """cache: an idcfs cache directory to use and keep (default: a new one in scratch,
+        set aside at exit)."""
         self.tool = tool
         self.mnt = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=work / "mnt"))
+        self._scratch = scratch
         self._own_cache = cache is None
-        self.cache = cache or Path(tempfile.mkdtemp(prefix="cache-", dir=work / "tmp"))
+        self.cache = cache or Path(tempfile.mkdtemp(prefix="cache-", dir=scratch.root))
         if tool == "idcfs":
             subprocess.run([str(BIN / "idcfs"), "mount", str(self.mnt), "--index",
                             str(work / "index"), "--endpoint-url", endpoint, "--ca-bundle", str(ca),
@@ -108,7 +112,7 @@ class Mount:
             time.sleep(0.05)
         subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
         if self._own_cache:
-            shutil.rmtree(self.cache, ignore_errors=True)
+            self._scratch.discard(self.cache)
 
 
 def wait_for_s3_client(mountpoint: Path, deadline: float) -> None:
