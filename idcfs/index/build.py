@@ -1,9 +1,10 @@
 """Building the tree of one index release and selection: in a child process, once.
 
-A child sorts the selected rows by their path with duckdb and writes each level of the layout
+A child sorts the selected rows by their path (with Arrow alone where the selection needs no SQL,
+arrow_rows.py; else with duckdb) and writes each level of the layout
 (collections, patients, studies... as a column of names and a column of the row where each run
 starts) and the per-row columns as Arrow IPC files, renamed into place all at once. Its peak
-memory (duckdb sorting a million rows) goes back to the system when it exits instead of staying
+memory (sorting a million rows) goes back to the system when it exits instead of staying
 in the long-lived daemon.
 
     python -m idcfs.index.build PARQUET DEST SELECTION_KEY
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from . import layout, selection
+from . import arrow_rows, layout, selection
 from .files import FORMAT_VERSION, ROW_COLUMNS, TEXT_COLUMNS, BadIndex
 from .naming import NAME_MAX
 from .selection import Selection
@@ -88,12 +89,14 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
     from_levels = {c: d for d, parts in enumerate(levels, 1) for kind, c in parts
                    if parts == [("column", c)] and c in ROW_COLUMNS}
     row_columns = [c for c in ROW_COLUMNS if c not in from_levels]
-    con = selection.connect(parquet.parent)
-    selection.rows(con, parquet.parent, sel).create_view("selected")
     selected = row_columns + [c for c in ("collection_id",) if c not in row_columns]  # citations
-    table = con.execute(_build_sql(parquet, [layout.level_sql(p) for p in levels],
-                                   selected)).to_arrow_table()
-    con.close()
+    table = arrow_rows.rows(parquet, sel, levels, selected)
+    if table is None:  # a selection that needs SQL
+        con = selection.connect(parquet.parent)
+        selection.rows(con, parquet.parent, sel).create_view("selected")
+        table = con.execute(_build_sql(parquet, [layout.level_sql(p) for p in levels],
+                                       selected)).to_arrow_table()
+        con.close()
     # A run of a level starts where its name or the name of any level above it changes.
     names = [table.column(f"level_{d}") for d in range(1, len(levels) + 1)]
     resolved = layout.resolve(sel.layout)
@@ -124,7 +127,10 @@ def build(parquet: Path, dest: Path, sel: Selection = Selection()) -> None:
                 "index": str(parquet),
                 "rows": table.num_rows,
                 "files": int(pc.sum(table.column("instance_count")).as_py() or 0),
-                "bytes": int((pc.sum(table.column("size_mb")).as_py() or 0) * 1_000_000),
+                # Each series' size in bytes, then their sum: the same in any order of rows.
+                "bytes": int(pc.sum(pc.cast(pc.round(pc.multiply(table.column("size_mb"),
+                                                                 1_000_000)), pa.int64()))
+                             .as_py() or 0),
                 "timestamp_ns": _release_timestamp_ns(parquet, sel.idc_version),
                 "idc_version": sel.idc_version,
                 "source": sel.source,
