@@ -420,7 +420,7 @@ def main() -> int:
                 time.sleep(0.5)
                 endpoint = f"https://127.0.0.1:{port}"
             peers = profile in args.peers_in.split(",")
-            bench.scratch.empty()  # the profile before's, outside any run (bench/scratch.py)
+            bench.scratch.empty()  # outside any run (bench/scratch.py)
             say(f"profile {profile} ({describe(profile)}), {n + 1} of {len(profiles)}, "
                 f"{(time.monotonic() - started) / 60:.0f} min so far")
             try:
