@@ -397,9 +397,8 @@ def main() -> int:
         return 1
     args.work.mkdir(parents=True, exist_ok=True)
     meta = data.prepare(args.work, say)
-    for sub in ("mnt", "tmp"):
-        shutil.rmtree(args.work / sub, ignore_errors=True)
-        (args.work / sub).mkdir()
+    shutil.rmtree(args.work / "mnt", ignore_errors=True)
+    (args.work / "mnt").mkdir()
     ca = make_ca(Path(tempfile.mkdtemp(prefix="idcfs-bench-ca-")), "idcfs benchmark CA")
     server = Endpoint(args.work / "s3", ca.cert_pem, ca.key_pem)
     # The endpoint computes an object's ETag when it first lists it; S3 has them all. Else the
@@ -407,6 +406,7 @@ def main() -> int:
     say("listing the whole bucket once, so that the endpoint has every ETag before the runs")
     s5cmd(server.url, ca.ca_pem, ENV, "ls", f"s3://{BUCKET}/*")
     bench = Bench(args.work, meta, ca, server, args.repeat)
+    bench.scratch.discard_all()  # removed, and waited for, before the first profile
     started = time.monotonic()
     try:
         for n, profile in enumerate(profiles):

@@ -1,13 +1,14 @@
 """The runs' scratch space (copies, downloads, caches), removed between profiles, not between runs.
 
 On a filesystem that frees inodes lazily for reuse, a file made soon after many were deleted near
-it costs more: ext4 without a journal (this machine kind's root filesystem) skips each recently
-freed inode, one by one, for a minute or more, so a `create` there took up to 0.9 ms instead of
-20-25 µs. Removing each run's copy or cache right before the next run made every tool that
-writes files (idcfs's cache and `cp`'s copy, s5cmd's download) pay for the run before it. A
-run's scratch is therefore renamed aside (a rename frees no inode) and removed at the end of the
-profile, and the next profile starts once making a file costs what it should again (sooner only
-if the disk runs short of room).
+it costs more: ext4 without a journal (this machine kind's root filesystem) skips each inode freed
+in the last 60 s (360 s while its inode table block is not yet written back), one by one, so a
+`create` there took up to 0.9 ms instead of 20-25 µs. Removing each run's copy or cache right
+before the next run made every tool that writes files (idcfs's cache and `cp`'s copy, s5cmd's
+download) pay for the run before it. A run's scratch is therefore renamed aside (a rename frees
+no inode) and removed at the start of the next profile, written back (`sync`), and the profile
+waits out the 60 s (sooner only if the disk runs short of room). Probing the cost instead does
+not work: each probe's files dirty the very inode table blocks it would measure.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-SETTLED_US = 60  # a create that costs less than this is not skipping freed inodes
-SETTLE_MAX_S = 180
-PROBE_FILES = 100
+SETTLE_S = 65  # ext4's 60 s for an inode freed in a written-back block, and a margin
 MIN_FREE = 20 << 30  # below this much free room, the set-aside scratch is removed at once
 
 
@@ -31,6 +30,13 @@ class Scratch:
         self._trash = root / ".set-aside"
         self._say = say
         self._count = 0
+
+    def discard_all(self) -> None:
+        """Set aside whatever is there (an earlier run's leftovers)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in list(self.root.iterdir()):
+            if path != self._trash:
+                self.discard(path)
 
     def fresh(self, name: str) -> Path:
         """A path that does not exist yet, for a run to make (what was there is set aside)."""
@@ -49,27 +55,11 @@ class Scratch:
             self.empty()
 
     def empty(self) -> None:
-        """Remove what was set aside, then wait until the filesystem makes files at full speed
-        (after whatever removed files before, this or another program)."""
+        """Remove what was set aside and wait until the filesystem reuses its inodes."""
+        if not self._trash.exists():
+            return
+        self._say(f"removing the runs' scratch; {SETTLE_S} s for the filesystem to reuse its inodes")
         shutil.rmtree(self._trash, ignore_errors=True)
-        started = time.monotonic()
-        while (cost := self._create_cost_us()) > SETTLED_US:
-            waited = time.monotonic() - started
-            if waited > SETTLE_MAX_S:
-                self._say(f"making a file still costs {cost:.0f} µs after {waited:.0f} s: "
-                          f"going on")
-                return
-            self._say(f"making a file costs {cost:.0f} µs after the scratch's removal; waiting")
-            time.sleep(10)
-
-    def _create_cost_us(self) -> float:
-        """What making an empty file costs here now, in µs (the probes are kept until the end:
-        deleting them would free inodes again)."""
-        probes = self.root / ".probes"
-        probes.mkdir(exist_ok=True)
-        self._count += 1
-        started = time.perf_counter()
-        for n in range(PROBE_FILES):
-            os.close(os.open(probes / f"{self._count}-{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o600))
-        return (time.perf_counter() - started) / PROBE_FILES * 1e6
+        removed = time.monotonic()
+        os.sync()
+        time.sleep(max(0.0, removed + SETTLE_S - time.monotonic()))
