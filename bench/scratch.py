@@ -45,7 +45,7 @@ class Scratch:
         return path
 
     def discard(self, path: Path) -> None:
-        """Set path aside for removal at the end of the profile (see empty)."""
+        """Set path aside, for removal at the start of the next profile (see empty)."""
         if not path.exists():
             return
         self._trash.mkdir(exist_ok=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
@@ -117,4 +116,4 @@ def test_selections_that_need_sql_are_left_to_duckdb(odd_index, tmp_path):
         assert arrow_rows.rows(REAL, sel, levels, ["collection_id"]) is None
     text_only = layout.parse("%collection_id/%instanceCount", pq.read_schema(odd_index).names)
     assert arrow_rows.rows(odd_index, Selection(), text_only, ["collection_id"]) is None
-    assert pc.sum(pq.read_table(odd_index, columns=["instanceCount"]).column(0)).as_py() > 0
+    assert pa.types.is_integer(pq.read_schema(odd_index).field("instanceCount").type)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .selection import GCS_BUCKETS, PRIOR_FILE, Selection, newest_prior
+from .selection import GCS_BUCKETS, Selection, needs_prior
 
 _OUT_TEXT = pa.string()  # what duckdb hands over for VARCHAR
 
@@ -27,11 +27,10 @@ def rows(parquet: Path, sel: Selection, levels: list[list[tuple[str, str]]],
     instance_count and size_mb of the selected rows, sorted by path; None where the query must
     answer."""
     schema = pq.read_schema(parquet)
-    prior = parquet.parent / PRIOR_FILE
     if sel.filter or sel.manifest or "gcs_bucket" in schema.names or (
             (sel.licenses or sel.exclude_licenses) and "license_short_name" not in schema.names):
         return None
-    if sel.idc_version is not None and prior.is_file() and sel.idc_version <= newest_prior(prior):
+    if needs_prior(parquet.parent, sel.idc_version):
         return None
     named = {text for parts in levels for kind, text in parts if kind == "column"}
     if not all(_is_text(schema.field(c).type) for c in named | set(row_columns)):
@@ -41,8 +40,13 @@ def rows(parquet: Path, sel: Selection, levels: list[list[tuple[str, str]]],
          "series_revised_idc_version", "collection_id"} & set(schema.names))
     table = _selected(pq.read_table(parquet, columns=sorted(wanted)), sel)
 
+    texts: dict[str, pa.ChunkedArray] = {}
+
     def text(column: str) -> pa.ChunkedArray:
-        return pc.cast(pc.fill_null(table.column(column), ""), _OUT_TEXT)
+        """A column as text, an empty value as '' (once: a level's column is often a row's)."""
+        if column not in texts:
+            texts[column] = pc.cast(pc.fill_null(table.column(column), ""), _OUT_TEXT)
+        return texts[column]
 
     out = {f"level_{d}": _level(parts, text) for d, parts in enumerate(levels, 1)}
     out.update({c: text(c) for c in row_columns})

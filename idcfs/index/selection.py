@@ -130,10 +130,14 @@ def known_versions(index_dir: Path) -> list[int]:
     return list(range(1, int(newest) + 1)) if newest else []
 
 
-def newest_prior(prior_path: Path) -> int:
-    """The last release any prior row is valid for: releases after it need no join with them."""
+def needs_prior(index_dir: Path, version: int | None) -> bool:
+    """Whether release version shows some series in an older content (prior rows): releases
+    after the last one any prior row is valid for need no join with them."""
+    prior_path = index_dir / PRIOR_FILE
+    if version is None or not prior_path.is_file():
+        return False
     column = pq.read_table(prior_path, columns=["max_idc_version"]).column(0)
-    return int(pc.max(column).as_py() or 0)
+    return version <= int(pc.max(column).as_py() or 0)
 
 
 def connect(index_dir: Path):
@@ -163,7 +167,7 @@ def rows(con, index_dir: Path, sel: Selection):
     if "series_revised_idc_version" in columns and version is not None:
         current += f" WHERE series_revised_idc_version <= {int(version)}"
     parts = [current]
-    if version is not None and prior_path.is_file() and version <= newest_prior(prior_path):
+    if needs_prior(index_dir, version):
         prior_names = set(pq.read_schema(prior_path).names)
         select = [f"p.{c}" if c in PRIOR_OWN_COLUMNS and c in prior_names
                   else ("CAST(NULL AS BIGINT)" if c == "instanceCount" else f"c.{c}")
