@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import os
 
 import pyfuse3
@@ -19,6 +20,7 @@ from idcfs.failures import FailureLog
 from idcfs.fs import Attributes, Operations
 from idcfs.listings import Listings
 from idcfs.namespace import Namespace
+from idcfs.namespace.entry import Entry
 from idcfs.namespace.tree_nodes import FAILED_READ_MEMORY, TreeNodes
 from idcfs.index.naming import NAME_MAX
 from idcfs.prefetch import Reader
@@ -148,6 +150,31 @@ def test_a_new_open_tries_the_store_again_at_once_after_a_failed_read(ops, store
     trio.run(scenario)
 
 
+def test_every_listed_entry_has_the_attributes_its_lookup_gives(ops):
+    """readdir gives the kernel each entry's attributes, which it keeps as if looked up: they
+    must be what a lookup of the name gives, in every directory of the tree."""
+    async def scenario() -> None:
+        for path in [(), (b"nlst",), (b"nlst", b"100", b"1.1"), (b"nlst", b"100", b"1.1",
+                                                                 b"CT_1.1.1")]:
+            inode = await path_inode(ops, *path)
+            listed = await readdir_all(ops, inode)
+            assert listed
+            for name, attributes in listed:
+                assert attributes == fields(await ops.lookup(inode, name, None)), (path, name)
+    trio.run(scenario)
+
+
+def test_a_listings_attributes_are_each_entrys_own_whatever_was_listed_before_it():
+    attributes = Attributes(1000, 100, 0o027, 123_456_789)
+    entries = [Entry(10, False, size=3000), Entry(11, True, subdirs=3),
+               Entry(12, False, size=10, volatile=True), Entry(13, False, size=1),
+               Entry(14, False, size=4096), Entry(15, True)]
+    for order in itertools.permutations(entries):
+        fill = attributes.lister()
+        for entry in order:
+            assert fields(fill(entry)) == fields(attributes.of(entry)), (order, entry)
+
+
 class Broken:
     """A stand-in for one method of a layer: raises exc while broken, else calls the real one."""
 
@@ -164,12 +191,13 @@ async def _lookup(ops):
     return await path_inode(ops, b"nlst", b"100")
 
 
-async def _readdir(ops):
-    inode = await path_inode(ops, b"nlst")
-    names = []
+async def readdir_all(ops: Operations, inode: int) -> list[tuple[bytes, dict]]:
+    """(name, attributes) of a directory's entries, as readdir hands them to pyfuse3 (which
+    copies the attributes at once: readdir may reuse one object for them all)."""
+    listed = []
 
     def collect(token, name, attr, next_id):
-        names.append(name)
+        listed.append((name, fields(attr)))
         return True
 
     original, pyfuse3.readdir_reply = pyfuse3.readdir_reply, collect
@@ -177,7 +205,20 @@ async def _readdir(ops):
         await ops.readdir(await ops.opendir(inode, None), 0, None)
     finally:
         pyfuse3.readdir_reply = original
-    return names
+    return listed
+
+
+ATTRIBUTES = ("st_ino", "st_mode", "st_nlink", "st_size", "st_blocks", "st_blksize", "st_uid",
+              "st_gid", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "entry_timeout",
+              "attr_timeout")
+
+
+def fields(attr: pyfuse3.EntryAttributes) -> dict:
+    return {name: getattr(attr, name) for name in ATTRIBUTES}
+
+
+async def _readdir(ops):
+    return [name for name, _ in await readdir_all(ops, await path_inode(ops, b"nlst"))]
 
 
 async def _open(ops):

@@ -108,10 +108,9 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def readdir(self, fh, start_id, token):
-        attr = pyfuse3.EntryAttributes()  # readdir_reply copies it at once
+        fill = self.attributes.lister()
         for i, (name, entry) in enumerate(await self.namespace.entries(fh, start_id), start_id):
-            if not pyfuse3.readdir_reply(token, name.encode(), self.attributes.fill(attr, entry),
-                                         i + 1):
+            if not pyfuse3.readdir_reply(token, name.encode(), fill(entry), i + 1):
                 return
 
     @handler
