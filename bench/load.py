@@ -3,10 +3,15 @@ slices along the patient axis, and stack their pixels into a volume.
 
     python bench/load.py volume FOLDER            # one series
     python bench/load.py loader WORKERS FOLDER... # whole series in worker processes, at random
+
+Prints, as JSON, each series' SeriesInstanceUID and the SHA-256 of its volume's pixels and
+shape: what the loader made, to be compared with the same load from a downloaded copy.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -16,17 +21,20 @@ import numpy as np
 import pydicom
 
 
-def volume(folder: str) -> tuple[int, ...]:
+def volume(folder: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SHA-256 of the stacked volume and its shape)."""
     slices = [pydicom.dcmread(path) for path in sorted(Path(folder).iterdir())]
     slices.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
-    return np.stack([ds.pixel_array for ds in slices]).shape
+    stacked = np.stack([ds.pixel_array for ds in slices])
+    digest = hashlib.sha256(repr(stacked.shape).encode() + stacked.tobytes()).hexdigest()
+    return str(slices[0].SeriesInstanceUID), digest
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "volume":
-        print(volume(sys.argv[2]))
+        print(json.dumps(dict([volume(sys.argv[2])])))
     else:
         folders = sys.argv[3:]
         random.Random(5).shuffle(folders)
         with ProcessPoolExecutor(int(sys.argv[2])) as pool:
-            print(len(list(pool.map(volume, folders))))
+            print(json.dumps(dict(pool.map(volume, folders)), sort_keys=True))

@@ -88,6 +88,7 @@ class Bench:
         self.results: list[dict] = []
         self.store = work / "s3" / BUCKET
         self._digests: dict[str, list[str]] = {}  # of the objects of a series, made once
+        self._expected: dict[str, str] = {}  # what a workload prints, run on the objects
         self.scratch = Scratch(work / "tmp", say)
 
     def record(self, profile: str, workload: str, tool: str, runs: list[tuple[float, float]],
@@ -119,8 +120,13 @@ class Bench:
         return result, self.server.counts()
 
     def once(self, run) -> tuple[list[tuple[float, float]], dict]:
-        """One warm run, counted: (its runs, what the endpoint served)."""
-        result, served = self.counted(run)
+        """One run, counted: (its runs, what the endpoint served); no runs if what it read
+        was not the objects' bytes (run checks that after its timing)."""
+        try:
+            result, served = self.counted(run)
+        except WrongBytes as exc:
+            say(f"WRONG BYTES: {exc}")
+            return [], {}
         return [result], served
 
     def cold(self, files: list[Path], once, times: int) -> tuple[list, dict]:
@@ -145,6 +151,33 @@ class Bench:
             self._digests[uuid] = digests(self.store / uuid)
         if digests(copy) != self._digests[uuid]:
             raise WrongBytes(f"{tool}'s copy of {uuid} differs from the objects")
+
+    def verify_result(self, printed: list[str], command: list[str], tool: str) -> None:
+        """What a workload printed of what it read (its digest of the pixels it loaded, the
+        region it showed) equals what the same command prints run on the objects themselves,
+        outside the timing: the bytes it read were the objects'."""
+        key = " ".join(command)
+        if key not in self._expected:
+            self._expected[key] = subprocess.run(command, check=True, capture_output=True,
+                                                 text=True).stdout
+        if printed != [self._expected[key]]:
+            raise WrongBytes(f"{tool}: {Path(command[1]).name} read other bytes than the "
+                             f"objects hold")
+
+    @staticmethod
+    def verify_names(listed: list[str], names: list[str], tool: str) -> None:
+        """A listing holds exactly the objects' names."""
+        if sorted(listed) != names:
+            raise WrongBytes(f"{tool}'s listing has {len(listed)} names, not the objects' "
+                             f"{len(names)}" if len(listed) != len(names) else
+                             f"{tool}'s listing names other files than the objects")
+
+    def verify_read(self, path: Path, key: str, tool: str, nbytes: int | None = None) -> None:
+        """The first nbytes (all) of a file as the mount serves it now equal the object's
+        (outside the timing and the endpoint's counts)."""
+        limit = [] if nbytes is None else ["-n", str(nbytes)]
+        if subprocess.run(["cmp", "-s", *limit, str(path), str(self.store / key)]).returncode:
+            raise WrongBytes(f"{tool}'s read of {key} differs from the object")
 
     def fresh(self, name: str) -> Path:
         return self.scratch.fresh(name)
@@ -180,8 +213,12 @@ class Bench:
             return result
         runs, served = self.cold(files, download, self.repeat)
         self.record(profile, work, "s5cmd", runs, served, ct["bytes"])
-        runs, served = self.cold(files, lambda: ceiling(
-            endpoint, self.ca.ca_pem, ENV, "series", f"{ct['uuid']}/", str(self.fresh("copy"))), 1)
+        def plain_gets():
+            target = self.fresh("copy")
+            result = ceiling(endpoint, self.ca.ca_pem, ENV, "series", f"{ct['uuid']}/", str(target))
+            self.verify(target, ct["uuid"], "aiobotocore")
+            return result
+        runs, served = self.cold(files, plain_gets, 1)
         self.record(profile, work, "aiobotocore", runs, served, ct["bytes"])
 
     def volume_load(self, profile: str, endpoint: str, peers: bool) -> None:
@@ -189,18 +226,26 @@ class Bench:
         files = sorted((self.store / ct["uuid"]).iterdir())
         work = "pydicom volume load of the series"
         load = [sys.executable, str(ROOT / "bench" / "load.py"), "volume"]
+        objects = [*load, str(self.store / ct["uuid"])]
         for tool in ("idcfs", *(("s3fs", "rclone") if peers else ())):
             def once(tool=tool):
+                printed: list[str] = []
                 with self.mount(tool, endpoint) as m:
-                    return through(m, [*load, str(m.path(ct["path"], ct["uuid"]))])
+                    folder = m.path(ct["path"], ct["uuid"])
+                    result = through(m, [*load, str(folder)], printed)
+                    self.verify(folder, ct["uuid"], tool)  # every file as the mount serves it
+                self.verify_result(printed, objects, tool)
+                return result
             runs, served = self.cold(files, once, 1)
             self.record(profile, work, tool, runs, served, ct["bytes"])
 
         def download_then_load():
-            target = self.fresh("volume")
+            target, printed = self.fresh("volume"), []
             wall, cpu = s5cmd(endpoint, self.ca.ca_pem, ENV, "cp", f"s3://{BUCKET}/{ct['uuid']}/*",
                               f"{target}/")
-            local, _ = timed([*load, str(target)])
+            local, _ = timed([*load, str(target)], output=printed)
+            self.verify(target, ct["uuid"], "s5cmd")
+            self.verify_result(printed, objects, "s5cmd")
             return wall + local, cpu
         runs, served = self.cold(files, download_then_load, 1)
         self.record(profile, work, "s5cmd", runs, served, ct["bytes"], "download, then load")
@@ -219,10 +264,10 @@ class Bench:
                     (result, served) = self.counted(
                         lambda: through(m, [*dd, f"if={m.path(sm['path'], sm['key'])}"]))
                     runs.append(result)
-                    if tool == "idcfs" and subprocess.run(  # what it read and cached, again
-                            ["cmp", "-s", str(m.path(sm["path"], sm["key"])),
-                             str(self.store / sm["key"])]).returncode != 0:
-                        say("WRONG BYTES: idcfs's 1 GiB read differs from the object")
+                    try:  # what it read (and cached), again
+                        self.verify_read(m.path(sm["path"], sm["key"]), sm["key"], tool)
+                    except WrongBytes as exc:
+                        say(f"WRONG BYTES: {exc}")
                         runs = []
                         break
                     if tool == "idcfs" and warm and i == 0:
@@ -239,19 +284,27 @@ class Bench:
     def warm_rereads(self, profile: str, m: Mount) -> None:
         sm, ct = self.meta["sm"], self.meta["ct"]
         big = m.path(sm["path"], sm["key"])
-        self.record(profile, "warm re-read of 1 GiB (page cache)", "idcfs",
-                    *self.once(lambda: through(m, ["dd", f"if={big}", "of=/dev/null", "bs=1M"])),
+
+        def reread():
+            result = through(m, ["dd", f"if={big}", "of=/dev/null", "bs=1M"])
+            self.verify_read(big, sm["key"], "idcfs")  # from the page cache dd just filled
+            return result
+        self.record(profile, "warm re-read of 1 GiB (page cache)", "idcfs", *self.once(reread),
                     data.BIG_SIZE)
         drop_caches()
-        self.record(profile, "warm re-read of 1 GiB (disk cache)", "idcfs",
-                    *self.once(lambda: through(m, ["dd", f"if={big}", "of=/dev/null", "bs=1M"])),
+        self.record(profile, "warm re-read of 1 GiB (disk cache)", "idcfs", *self.once(reread),
                     data.BIG_SIZE)
         series = m.path(ct["path"], ct["uuid"])
         through(m, ["cp", "-r", str(series), str(self.fresh("copy"))])
         drop_caches()
-        self.record(profile, "warm cp -r of the series (disk cache)", "idcfs",
-                    *self.once(lambda: through(m, ["cp", "-r", str(series),
-                                                   str(self.fresh("copy"))])), ct["bytes"])
+
+        def recopy():
+            target = self.fresh("copy")
+            result = through(m, ["cp", "-r", str(series), str(target)])
+            self.verify(target, ct["uuid"], "idcfs")
+            return result
+        self.record(profile, "warm cp -r of the series (disk cache)", "idcfs", *self.once(recopy),
+                    ct["bytes"])
 
     def readers(self, profile: str, endpoint: str, peers: bool) -> None:
         sm = self.meta["sm"]
@@ -268,8 +321,16 @@ class Bench:
                              f"count={READ_MB} 2>/dev/null"] * n) + " & wait"]
                         self.server.reset()
                         result = through(m, command)
-                        return result, self.server.counts()
-                (result, served) = once()
+                        served = self.server.counts()
+                        self.verify_read(m.path(sm["path"], sm["key"]), sm["key"], tool,
+                                         READ_MB << 20)
+                        return result, served
+                try:
+                    (result, served) = once()
+                except WrongBytes as exc:
+                    say(f"WRONG BYTES: {exc}")
+                    self.record(profile, work, tool, [], {})
+                    continue
                 ratio = served.get("GET_bytes", 0) / (READ_MB << 20)
                 self.record(profile, work, tool, [result], served, READ_MB << 20,
                             f"asked/read {ratio:.2f}x")
@@ -280,10 +341,17 @@ class Bench:
         total = sum(s["bytes"] for s in series)
         work = f"loader: 8 workers, {len(series)} series with pydicom"
         load = [sys.executable, str(ROOT / "bench" / "load.py"), "loader", "8"]
+        objects = [*load, *(str(self.store / s["uuid"]) for s in series)]
 
         def through_idcfs():
+            printed: list[str] = []
             with self.mount("idcfs", endpoint) as m:
-                return through(m, [*load, *(str(m.path(s["path"], s["uuid"])) for s in series)])
+                result = through(m, [*load, *(str(m.path(s["path"], s["uuid"])) for s in series)],
+                                 printed)
+                for s in series:
+                    self.verify(m.path(s["path"], s["uuid"]), s["uuid"], "idcfs")
+            self.verify_result(printed, objects, "idcfs")
+            return result
         runs, served = self.cold(files, through_idcfs, 1)
         self.record(profile, work, "idcfs", runs, served, total)
 
@@ -293,27 +361,49 @@ class Bench:
             commands = self.scratch.root / "loader.s5cmd"
             commands.write_text("".join(f"cp s3://{BUCKET}/{s['uuid']}/* {target}/{s['uuid']}/\n"
                                         for s in series))
-            return s5cmd(endpoint, self.ca.ca_pem, ENV, "run", str(commands))
+            result = s5cmd(endpoint, self.ca.ca_pem, ENV, "run", str(commands))
+            for s in series:
+                self.verify(target / s["uuid"], s["uuid"], "s5cmd")
+            return result
         runs, served = self.cold(files, download, 1)
         self.record(profile, work, "s5cmd", runs, served, total, "download only")
         if runs:  # what the load itself costs, without a network: the downloaded copy
-            target = self.scratch.root / "loader"
-            local = timed([*load, *(str(target / s["uuid"]) for s in series)])
-            self.record(profile, work, "local disk", [local], {}, total,
+            target, printed = self.scratch.root / "loader", []
+            local = timed([*load, *(str(target / s["uuid"]) for s in series)], output=printed)
+            try:
+                self.verify_result(printed, objects, "the local load")
+            except WrongBytes as exc:
+                say(f"WRONG BYTES: {exc}")
+                local = None
+            self.record(profile, work, "local disk", [local] if local else [], {}, total,
                         "the load alone, from the downloaded copy (CPU: the loader's)")
 
     def listing(self, profile: str, endpoint: str) -> None:
         big = self.meta["listing"]
         work = f"first ls of a {big['files']:,}-file series"
         cache = Path(tempfile.mkdtemp(prefix="cache-", dir=self.scratch.root))
+        names = sorted(os.listdir(self.store / big["uuid"]))
         for what in (work, "ls of it after a remount (persisted)"):
             with Mount("idcfs", endpoint, self.ca.ca_pem, self.work, ENV, self.scratch,
                        cache=cache) as m:
                 folder = m.path(big["path"], big["uuid"])
-                self.record(profile, what, "idcfs", *self.once(lambda: through(m, ["ls", str(folder)])))
+
+                def ls():
+                    printed: list[str] = []
+                    result = through(m, ["ls", str(folder)], printed)
+                    self.verify_names(printed[0].split(), names, "idcfs")
+                    return result
+                self.record(profile, what, "idcfs", *self.once(ls))
         self.scratch.discard(cache)
-        self.record(profile, work, "s5cmd", *self.once(lambda: s5cmd(
-            endpoint, self.ca.ca_pem, ENV, "ls", f"s3://{BUCKET}/{big['uuid']}/*")))
+
+        def s5cmd_ls():
+            printed: list[str] = []
+            result = s5cmd(endpoint, self.ca.ca_pem, ENV, "ls",
+                           f"s3://{BUCKET}/{big['uuid']}/*", output=printed)
+            self.verify_names([line.split()[-1].rsplit("/", 1)[-1]
+                               for line in printed[0].splitlines() if line.strip()], names, "s5cmd")
+            return result
+        self.record(profile, work, "s5cmd", *self.once(s5cmd_ls))
 
     def slide(self, profile: str, endpoint: str, peers: bool) -> None:
         view = [sys.executable, str(ROOT / "bench" / "slide_view.py")]
@@ -321,21 +411,26 @@ class Bench:
             files = sorted((self.store / slide["uuid"]).iterdir())
             work = (f"slide ({'BOT' if table == 'bot' else 'no offset table'}, level 0 "
                     f"{slide['level0'] / 1e9:.1f} GB): thumbnail + a region")
+            objects = [*view, str(self.store / slide["uuid"] / "level0.dcm")]
             for tool in ("idcfs", *(("s3fs",) if peers else ())):
                 def once(tool=tool):
+                    printed: list[str] = []
                     with self.mount(tool, endpoint) as m:
-                        return through(m, [*view, str(m.path(slide["path"], slide["uuid"])
-                                                      / "level0.dcm")])
+                        result = through(m, [*view, str(m.path(slide["path"], slide["uuid"])
+                                                        / "level0.dcm")], printed)
+                    self.verify_result(printed, objects, tool)
+                    return result
                 runs, served = self.cold(files, once, 1)
                 self.record(profile, work, tool, runs, served,
                             note=f"asked {100 * served.get('GET_bytes', 0) / slide['bytes']:.1f} % "
                                  f"of the slide")
 
             def download_then_view():
-                target = self.fresh("slide")
+                target, printed = self.fresh("slide"), []
                 wall, cpu = s5cmd(endpoint, self.ca.ca_pem, ENV, "cp",
                                   f"s3://{BUCKET}/{slide['uuid']}/*", f"{target}/")
-                local, _ = timed([*view, str(target / "level0.dcm")])
+                local, _ = timed([*view, str(target / "level0.dcm")], output=printed)
+                self.verify_result(printed, objects, "s5cmd")
                 return wall + local, cpu
             runs, served = self.cold(files, download_then_view, 1)
             self.record(profile, work, "s5cmd", runs, served, note="download, then view")

@@ -125,28 +125,35 @@ def wait_for_s3_client(mountpoint: Path, deadline: float) -> None:
         time.sleep(0.005)
 
 
-def timed(command: list[str], env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the command and its children)."""
+def timed(command: list[str], env: dict | None = None,
+          output: list[str] | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children); what it printed is added to
+    output, if given (a few lines: the workload's digest of what it read)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, check=True, env=env, stderr=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL if output is None else subprocess.PIPE,
+                          text=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if output is not None:
+        output.append(done.stdout)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def through(mount: Mount, command: list[str]) -> tuple[float, float]:
+def through(mount: Mount, command: list[str],
+            output: list[str] | None = None) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the mount's daemon) of a command reading through it."""
     cpu = mount.cpu()
-    wall, _ = timed(command)
+    wall, _ = timed(command, output=output)
     time.sleep(0.2)  # the daemon's last replies
     return wall, mount.cpu() - cpu
 
 
-def s5cmd(endpoint: str, ca: Path, env: dict, *args: str) -> tuple[float, float]:
+def s5cmd(endpoint: str, ca: Path, env: dict, *args: str,
+          output: list[str] | None = None) -> tuple[float, float]:
     return timed([str(BIN / "s5cmd"), "--no-sign-request", "--endpoint-url", endpoint, *args],
-                 env={**env, "SSL_CERT_FILE": str(ca)})
+                 env={**env, "SSL_CERT_FILE": str(ca)}, output=output)
 
 
 def ceiling(endpoint: str, ca: Path, env: dict, *args: str) -> tuple[float, float]:
