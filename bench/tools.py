@@ -49,8 +49,25 @@ def _peak_rss_mb(pids: list[int]) -> float:
 
 
 def _pids(pattern: str) -> list[int]:
+    """The processes whose command line matches pattern, and all their descendants: a tool's
+    own helper processes count as the tool."""
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    found, todo = [], [int(p) for p in out.split()]
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found.append(pid)
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except FileNotFoundError:
+                pass
+    return found
 
 
 class Mount:
