@@ -49,8 +49,12 @@ class Scratch:
         if not path.exists():
             return
         self._trash.mkdir(exist_ok=True)
-        self._count += 1
-        path.rename(self._trash / f"{self._count}-{path.name}")
+        while True:  # names an interrupted run set aside may still be there
+            self._count += 1
+            aside = self._trash / f"{self._count}-{path.name}"
+            if not aside.exists():
+                break
+        path.rename(aside)
         if shutil.disk_usage(self.root).free < MIN_FREE:
             self.empty()
 
