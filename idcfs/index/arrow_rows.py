@@ -67,8 +67,8 @@ def rows(parquet: Path, sel: Selection, levels: list[list[tuple[str, str]]],
 def _take(columns: dict[str, pa.ChunkedArray], indices: pa.Array) -> pa.Table:
     """The table of columns in the order of indices. Each column is taken once (in the default
     layout a level is also a row column: it is the same array), and all of them at once in
-    threads (Arrow lets go of the GIL): taking the full index's ~350 MB column after column was
-    half a second, most of it faulting in fresh memory."""
+    threads (Arrow lets go of the GIL): the full index's ~350 MB taken column after column costs
+    half a second, most of it faulting in fresh memory; in threads, 0.2-0.3 s."""
     distinct = {id(column): column for column in columns.values()}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         taken = dict(zip(distinct, pool.map(lambda column: column.take(indices),
