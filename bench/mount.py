@@ -94,6 +94,7 @@ def main() -> int:
                  f"from the full index)")
             fresh = cache if i == args.first_mounts - 1 else work / f"first-{i}"  # the last
             firsts.append(mount(mnt, fresh)[0])                                  # is remounted
+            step(f"  {firsts[-1]:.3f} s")  # in order: the one right after other work is slowest
             umount(mnt)
             if fresh != cache:
                 shutil.rmtree(fresh, ignore_errors=True)
