@@ -12,15 +12,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .data_cache import clear
-from .data_cache.blockfile import blocks_in_file, directory
+from .data_cache.blockfile import blocks_in_pack, directory
 from .options import default_cache_dir
 from .mounts import idcfs_mounts
 
 CHUNK = 1 << 20
 
 
-def _du(path: Path, count: Callable[[str], int] = lambda name: 1) -> tuple[int, int]:
-    """(things, bytes) below path, counting count(name) things per file, skipping unfinished
+def _du(path: Path, count: Callable[[str], int] = lambda path: 1) -> tuple[int, int]:
+    """(things, bytes) below path, counting count(path) things per file, skipping unfinished
     temporary files."""
     things = size = 0
     for dirpath, _, names in os.walk(path):
@@ -29,7 +29,7 @@ def _du(path: Path, count: Callable[[str], int] = lambda name: 1) -> tuple[int, 
                 continue
             try:
                 size += os.stat(os.path.join(dirpath, name)).st_size
-                things += count(name)
+                things += count(os.path.join(dirpath, name))
             except FileNotFoundError:
                 pass
     return things, size
@@ -39,7 +39,7 @@ def stats(cache_dir: Path) -> int:
     if not cache_dir.is_dir():
         print(f"idcfs: no cache at {cache_dir}", file=sys.stderr)
         return 1
-    blocks, block_bytes = _du(directory(cache_dir), blocks_in_file)
+    blocks, block_bytes = _du(directory(cache_dir), blocks_in_pack)
     listings, listing_bytes = _du(cache_dir / "listings")
     built = cache_dir / "index"
     trees = [p for p in built.glob("*") if p.is_dir()] if built.is_dir() else []

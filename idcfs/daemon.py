@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import sys
 import time
 
@@ -336,7 +335,7 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
     bridge.start()
     mount = _Mount(cfg, tree, bridge)
     try:
-        threading.Thread(target=mount.disk.scan, name="idcfs-cache-scan", daemon=True).start()
+        mount.disk.scan_in_background()
         _freeze_what_start_up_made()
         trio.run(_serve, cfg, mount, ready_fd, started)
     except MountFailed as exc:

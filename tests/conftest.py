@@ -362,11 +362,11 @@ class CountingSource:
 
 def slow_disk(monkeypatch, seconds_per_block: float) -> None:
     """A cache disk that takes seconds_per_block to write each block."""
-    def slow_put(self, obj, blocks, put=DiskBlocks.put_blocks):
-        time.sleep(seconds_per_block * len(blocks))
-        put(self, obj, blocks)
+    def slow_put(self, items, put=DiskBlocks.put_objects):
+        time.sleep(seconds_per_block * sum(len(blocks) for _, blocks in items))
+        put(self, items)
 
-    monkeypatch.setattr(DiskBlocks, "put_blocks", slow_put)
+    monkeypatch.setattr(DiskBlocks, "put_objects", slow_put)
 
 
 def sample_files(sample: sample_data.Sample) -> list[Path]:

@@ -14,11 +14,11 @@ import trio
 
 from conftest import BS, CountingSource, in_blocks, slow_disk
 from idcfs.data_cache import BlockCache, DiskBlocks, clear
-from idcfs.data_cache.blockfile import slot
+from idcfs.data_cache.blockfile import blocks_in_pack, pack_size, slot
 from idcfs.errors import SourceError
 from idcfs.objects import ObjectRef
 
-BLOCKS = "blocks.v3"  # the cache directory of the block format
+BLOCKS = "blocks.v4"  # the cache directory of the block format
 
 
 @pytest.fixture
@@ -80,29 +80,67 @@ def test_blocks_survive_a_new_cache_and_serve_with_the_source_down(source, tmp_p
     assert again.stats["disk_hits"] == 11
 
 
-def test_blocks_fetched_together_share_files_of_at_most_eight(source, tmp_path):
+def test_blocks_fetched_together_share_packs_of_at_most_eight(source, tmp_path):
     cache = make(source, tmp_path)
     trio.run(cache.read, source.ref("big"), 0, 20 * BS)
-    files = sorted(p.name.split(".")[1] for p in (tmp_path / BLOCKS).glob("*/*"))
-    assert files == ["0+8", "8+3"]
-    assert cache.disk.used == sum(p.stat().st_size for p in (tmp_path / BLOCKS).glob("*/*"))
+    packs = list((tmp_path / BLOCKS).glob("*/*.pack"))
+    assert sorted(blocks_in_pack(str(p)) for p in packs) == [3, 8]
+    assert cache.disk.used == sum(p.stat().st_size for p in packs)
 
 
-@pytest.mark.parametrize("scanned", [True, False], ids=["after_the_scan", "before_the_scan"])
-def test_each_block_of_a_shared_file_reads_back_alone(source, tmp_path, scanned):
+def test_small_objects_queued_together_share_a_pack(tmp_path):
+    source = CountingSource({f"slice{i}": 300 + i for i in range(20)})
+    cache = make(source, tmp_path)
+    cache.writer.linger = 1.0  # the writer waits for more while the reads go on
+
+    async def main():
+        for i in range(20):
+            await BlockCache.read(cache, source.ref(f"slice{i}"), 0, 400)
+
+    trio.run(main)
+    cache.writer.drain()
+    packs = list((tmp_path / BLOCKS).glob("*/*.pack"))
+    assert len(packs) <= 3 and sum(blocks_in_pack(str(p)) for p in packs) == 20
+    again = make(source, tmp_path)
+    source.down = True
+    for i in range(20):
+        assert trio.run(again.read, source.ref(f"slice{i}"), 0, 400) == source.data[f"slice{i}"]
+    assert len(source.gets) == 20 and again.stats["disk_hits"] == 20
+
+
+@pytest.mark.parametrize("scanned", [True, False], ids=["after_the_scan", "while_it_runs"])
+def test_each_block_of_a_pack_reads_back_alone(source, tmp_path, scanned, monkeypatch):
     trio.run(make(source, tmp_path).read, source.ref("big"), 0, 20 * BS)
     disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
     if scanned:
         disk.scan()
+    else:  # reads of blocks this mount did not write wait for the scan that finds them
+        monkeypatch.setattr(os, "walk", lambda *args, walk=os.walk: time.sleep(0.3) or walk(*args))
+        disk.scan_in_background()
     obj, data = source.ref("big"), source.data["big"]
     for i in reversed(range(obj.blocks(BS))):
         assert disk.get(obj, i, len(data[i * BS:(i + 1) * BS])) == data[i * BS:(i + 1) * BS]
     assert disk.get(obj, 11, BS) is None and disk.corrupt == 0
 
 
-def test_a_damaged_block_in_a_shared_file_is_fetched_again_not_served(source, tmp_path):
+def test_reads_stop_waiting_for_a_long_scan_after_a_while(source, tmp_path, monkeypatch):
+    """A huge cache takes long to scan: its blocks are fetched again meanwhile, not waited for."""
+    trio.run(make(source, tmp_path).read, source.ref("big"), 0, BS)
+    monkeypatch.setattr("idcfs.data_cache.disk.SCAN_WAIT", 0.2)
+    monkeypatch.setattr(os, "walk", lambda *args, walk=os.walk: time.sleep(1.5) or walk(*args))
+    disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
+    disk.scan_in_background()
+    started = time.monotonic()
+    assert disk.get(source.ref("big"), 0, BS) is None
+    assert disk.get(source.ref("big"), 0, BS) is None
+    assert time.monotonic() - started < 1.0
+    disk._scanned.wait(5)
+    assert disk.get(source.ref("big"), 0, BS) == source.data["big"][:BS]
+
+
+def test_a_damaged_block_in_a_pack_is_fetched_again_not_served(source, tmp_path):
     trio.run(make(source, tmp_path).read, source.ref("big"), 0, 8 * BS)
-    (shared,) = (tmp_path / BLOCKS).glob("*/*+8")
+    (shared,) = (tmp_path / BLOCKS).glob("*/*.pack")
     raw = bytearray(shared.read_bytes())
     raw[3 * 4096 + 7] ^= 0xFF  # in the fourth block's slot
     shared.write_bytes(bytes(raw))
@@ -135,7 +173,7 @@ def test_a_truncated_block_on_disk_is_fetched_again(source, tmp_path):
     assert fresh.disk.corrupt == 1
 
 
-@pytest.mark.parametrize("older", ["blocks", "blocks.v1", "blocks.v2"])
+@pytest.mark.parametrize("older", ["blocks", "blocks.v1", "blocks.v2", "blocks.v3"])
 def test_a_cache_of_an_older_format_is_removed_at_start_and_its_blocks_fetched_again(
         source, tmp_path, older):
     trio.run(make(source, tmp_path).read, source.ref("big"), 0, 20 * BS)
@@ -184,12 +222,12 @@ def test_the_disk_cache_never_exceeds_its_bound_and_drops_the_oldest(source, tmp
         trio.run(cache.read, obj, i * BS, 1)
         on_disk = sum(p.stat().st_size for p in (tmp_path / BLOCKS).rglob("*") if p.is_file())
         assert on_disk <= limit
-    assert not cache.disk.path(obj, 0).exists() and cache.disk.path(obj, 7).exists()
+    assert cache.disk.path(obj, 0) is None and cache.disk.path(obj, 7).exists()
 
 
-def test_files_of_runs_never_exceed_the_bound_and_the_oldest_go_first(tmp_path):
+def test_packs_of_runs_never_exceed_the_bound_and_the_oldest_go_first(tmp_path):
     source = CountingSource({f"wsi{i}": 8 * BS for i in range(5)})
-    limit = 2 * 8 * 4096  # two files of eight padded slots
+    limit = 2 * pack_size([BS] * 8)  # two packs of eight blocks
     cache = make(source, tmp_path, limit=limit, memory=0)
     for i in range(5):
         trio.run(cache.read, source.ref(f"wsi{i}"), 0, 8 * BS)
@@ -266,7 +304,7 @@ def test_a_whole_object_whose_bytes_do_not_match_its_etag_is_refused_and_not_cac
     cache = make(source, tmp_path)
     with pytest.raises(SourceError, match="do not match its ETag"):
         trio.run(cache.read, obj, 0, 300)
-    assert not cache.disk.path(obj, 0).exists()
+    assert cache.disk.path(obj, 0) is None
     source.data["slice"] = good
     assert trio.run(cache.read, obj, 0, 300) == good
 
@@ -306,14 +344,41 @@ def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_writes_falls_back
     assert not list((tmp_path / BLOCKS).glob("*/.tmp-*"))
 
 
-def test_a_block_file_longer_than_its_block_is_damaged_not_read_short(tmp_path):
+def test_a_pack_of_the_wrong_size_is_removed_by_the_scan_not_read(tmp_path):
     disk = DiskBlocks(tmp_path, 1 << 30)
     obj = ObjectRef("idc-open-data", "k", 5000)
     disk.put(obj, 0, os.urandom(5000))
-    with open(disk.path(obj, 0), "ab") as f:
+    pack = disk.path(obj, 0)
+    with open(pack, "ab") as f:
         f.write(b"x")
-    assert disk.get(obj, 0, 5000) is None
-    assert disk.corrupt == 1 and not disk.path(obj, 0).exists()
+    again = DiskBlocks(tmp_path, 1 << 30)
+    again.scan()
+    assert again.get(obj, 0, 5000) is None
+    assert again.corrupt == 1 and not pack.exists()
+
+
+def test_a_pack_whose_directory_is_damaged_is_removed_by_the_scan(tmp_path):
+    disk = DiskBlocks(tmp_path, 1 << 30)
+    objs = [ObjectRef("idc-open-data", f"k{i}", 5000) for i in range(3)]
+    disk.put_objects([(obj, {0: os.urandom(5000)}) for obj in objs])
+    pack = disk.path(objs[0], 0)
+    raw = bytearray(pack.read_bytes())
+    raw[-4096 + 30] ^= 0x01  # in the directory's first entry
+    pack.write_bytes(bytes(raw))
+    again = DiskBlocks(tmp_path, 1 << 30)
+    again.scan()
+    assert again.count == 0 and again.corrupt == 1 and not pack.exists()
+
+
+def test_a_block_indexed_at_another_blocks_slot_is_refused(tmp_path):
+    """The trailer names its block: a directory that points at the wrong slot serves nothing."""
+    disk = DiskBlocks(tmp_path, 1 << 30)
+    a, b = (ObjectRef("idc-open-data", k, 5000) for k in "ab")
+    disk.put_objects([(a, {0: os.urandom(5000)}), (b, {0: os.urandom(5000)})])
+    where_a, where_b = disk.locate(a, 0), disk.locate(b, 0)
+    assert where_a[0] == where_b[0]
+    disk._index.where[where_b[1].digest][0] = where_a  # b's block looked for at a's slot
+    assert disk.get(b, 0, 5000) is None and disk.corrupt == 1
 
 
 def test_pacing_waits_until_the_disk_writes_catch_up(source, tmp_path, monkeypatch):
@@ -338,7 +403,7 @@ def test_blocks_of_the_wrong_sizes_from_a_source_are_refused(source, tmp_path):
     cache = make(one_block_short, tmp_path)
     with pytest.raises(SourceError, match="wrong sizes"):
         trio.run(cache.read, source.ref("big"), 0, 3 * BS)
-    assert not cache.disk.path(source.ref("big"), 0).exists()
+    assert cache.disk.path(source.ref("big"), 0) is None
 
 
 def _open_without_o_direct(path, flags, *args, **kwargs):
@@ -365,8 +430,8 @@ def test_blocks_of_any_size_are_written_and_read_exactly_with_or_without_o_direc
         data = rng.randbytes(size)
         obj = ObjectRef("idc-open-data", f"k{i}", size)
         disk.put(obj, 0, data)
-        # the block and its trailer, in whole pages
-        assert disk.path(obj, 0).stat().st_size == slot(size)
+        # the block and its trailer in whole pages, and the directory's page
+        assert disk.path(obj, 0).stat().st_size == slot(size) + 4096
         assert disk.get(obj, 0, size) == data
     assert disk.write_errors == 0
     assert disk.io.direct is direct  # (the test directory is on a filesystem with O_DIRECT)

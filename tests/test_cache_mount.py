@@ -14,6 +14,7 @@ import pytest
 import s3server
 from conftest import daemon_pids, mounted, run_idcfs, series_dir, wait_for
 from idcfs.data_cache import DiskBlocks
+from idcfs.data_cache.blockfile import directory
 from idcfs.objects import BLOCK_SIZE, ObjectRef
 
 
@@ -101,7 +102,7 @@ def test_the_disk_cache_stays_within_its_bound(sample, fast_s3, tmp_path):
                 (r, item) for r in sample.rows for item in sample.series_objects(r).items()):
             assert (series_dir(mnt, row) / name).read_bytes() == data
             if i % 25 == 0 or len(data) > BLOCK_SIZE:
-                assert _settled_usage(tmp_path / "cache" / "blocks.v3") <= bound
+                assert _settled_usage(directory(tmp_path / "cache")) <= bound
 
 
 def test_reads_stay_exact_when_the_cache_disk_fills_up_and_it_is_said(sample, fast_s3, tmp_path,
@@ -136,13 +137,14 @@ def test_kill_9_during_heavy_reads_leaves_only_correct_blocks(sample, fast_s3, t
                                               for n in sorted(sample.series_objects(r))]],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for r in sample.rows]
-        wait_for(lambda: _any_block(cache / "blocks.v3"))  # killed mid-way, once some are written
+        wait_for(lambda: _any_block(directory(cache)))  # killed mid-way, once some are written
         for pid in daemon_pids(mnt):
             os.kill(pid, signal.SIGKILL)
         for reader in readers:
             reader.wait(30)
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)
     disk = DiskBlocks(cache, 1 << 40)
+    disk.scan()
     checked = 0
     for (bucket, key), data in sample.objects.items():
         obj = ObjectRef(bucket, key, len(data))

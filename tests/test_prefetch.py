@@ -101,7 +101,7 @@ def test_a_stalled_cache_disk_does_not_hold_up_reads(tmp_path, monkeypatch):
     """Pacing gives up after its limit, once, and then stops waiting for a while: the reads
     go on, and the blocks the disk could not take are counted as not written."""
     stalled = threading.Event()
-    monkeypatch.setattr(DiskBlocks, "put_blocks", lambda self, obj, blocks: stalled.wait(30))
+    monkeypatch.setattr(DiskBlocks, "put_objects", lambda self, items: stalled.wait(30))
     source = CountingSource({"wsi": 64 * BS})
     try:
         cache, data, _ = read_sequentially_with_disk(tmp_path, source, drain=False,

@@ -3,10 +3,10 @@
     memory.py     BlockCache: the memory LRU over the disk, single-flight fetches, pacing
     fetch.py      one checked fetch of a run of blocks (sizes, ETag)
     disk.py       DiskBlocks: the bounded, crash-safe disk cache and its start-up scan
-    index.py      DiskIndex: what the disk cache holds, in LRU order
-    blockfile.py  the on-disk format: names, slots, trailers (pure functions)
+    index.py      DiskIndex: the packs on disk in LRU order, and where each block is
+    blockfile.py  the on-disk format: packs, slots, trailers, directories (pure functions)
     direct.py     O_DIRECT reads and writes, aligned buffers
-    writeback.py  WriteBehind: the bounded queue of blocks going to disk
+    writeback.py  WriteBehind: the bounded queue of blocks going to disk, a pack at a time
 """
 
 from .disk import DiskBlocks, clear

@@ -1,4 +1,4 @@
-"""Reading and writing block files past the page cache (O_DIRECT), and the aligned buffers that
+"""Reading and writing packs of blocks past the page cache (O_DIRECT), and the aligned buffers that
 needs.
 
 On these machines copying a block into the page cache costs more CPU than fetching it (1 GiB:
@@ -27,7 +27,8 @@ KEEP_BUFFERS = 8
 
 
 class BufferPool:
-    """Page-aligned buffers for a whole file of blocks, lent for the time of one read or write.
+    """Page-aligned buffers for a whole pack (its blocks and directory page), lent for the time
+    of one read or write.
 
     Shared, not one per thread: readers run in whichever of up to 40 worker threads is free,
     and a buffer of 8 MiB in each of them raised the daemon's peak RSS in a disk-cache re-read

@@ -1,20 +1,22 @@
-"""The disk cache: block files under `<cache>/blocks.v<format>`, bounded, least recently used
+"""The disk cache: packs of blocks under `<cache>/blocks.v<format>`, bounded, least recently used
 out first, crash-safe, and never a lock held across a system call that the FUSE loop could wait
 for.
 
-A file is written to a temporary name and renamed into place, so a block is complete and
+A pack is written to a temporary name and renamed into place, so its blocks are complete and
 correct or absent, after `kill -9` too; one damaged by the disk or a power cut (renames are not
-fsynced) fails its trailer check on read and is deleted and fetched again, never served.
+fsynced) fails a trailer check on read (or its directory's at the start-up scan) and is deleted
+and its blocks fetched again, never served. Packs are evicted whole.
 
-Room is made before a file is written (its size reserved, older files evicted), and a file being
-evicted counts until it is unlinked, so the files on disk never add up to more than the bound.
-The accounting is built by a scan in the background, so start-up never waits for a large cache;
-until it is done, a block's directory is listed to find blocks earlier mounts wrote.
+Room is made before a pack is written (its size reserved, older packs evicted), and a pack being
+evicted counts until it is unlinked, so the packs on disk never add up to more than the bound.
+The accounting is built by a scan in the background (each pack's directory page), so start-up
+never waits for a large cache; a read of a block this mount has not written waits for the scan
+(for its first SCAN_WAIT), so that a warm cache serves its blocks even with the endpoint down.
 
-Files sit in one level of 256 directories made by the scan, so writing a block never makes one
-(two levels made up to 65,536, ~2 mkdir calls per block written). A large object makes one file
-per RUN_BLOCKS blocks: on this VM's ext4 creating a file costs ~1 ms of system time whenever files
-were deleted in the last minutes (the allocator steps over recently freed inodes one by one).
+Packs sit in one level of 256 directories made by the scan, so writing never makes one. On this
+VM's ext4 creating a file costs ~1 ms of system time whenever files were deleted in the last
+minutes (the allocator steps over recently freed inodes one by one): a pack per queue of blocks,
+not a file per block, is what keeps that off every DICOM instance.
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import mmap
 import os
 import secrets
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..objects import BLOCK_SIZE, ObjectRef, runs
+from ..objects import BLOCK_SIZE, ObjectRef
 from . import blockfile
+from .blockfile import Entry
 from .direct import BufferPool, DirectIO
-from .index import DiskIndex, holding
+from .index import DiskIndex
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +46,13 @@ SPACE_CHECK_EVERY = 32
 RESERVE = 1 << 30
 # A block read is recorded on disk (its mtime) at most this often, not on every read.
 TOUCH_EVERY = 3600.0
+# How long after the start-up scan began a read of a block this mount has not written waits
+# for the scan to say whether an earlier mount left it on disk, before it fetches it instead.
+SCAN_WAIT = 2.0
 
 
 class DiskBlocks:
-    """Blocks in files, bounded by limit bytes. Thread-safe, blocking I/O (run it in threads)."""
+    """Blocks in packs, bounded by limit bytes. Thread-safe, blocking I/O (run it in threads)."""
 
     def __init__(self, cache_dir: Path, limit: int, block_size: int = BLOCK_SIZE) -> None:
         self.cache_dir = cache_dir
@@ -52,54 +60,48 @@ class DiskBlocks:
         self.limit = limit
         self.block_size = block_size
         self._stride = blockfile.slot(block_size)
+        # What one pack holds at most, besides its directory page: a readahead run of blocks.
+        self.capacity = blockfile.RUN_BLOCKS * self._stride
         self._index = DiskIndex()
-        self._reserved = 0  # room for files being written
-        self._unlinking = 0  # files being evicted, on disk until unlinked
+        self._reserved = 0  # room for packs being written
+        self._unlinking = 0  # packs being evicted, on disk until unlinked
         # Held only for dictionary work: the FUSE loop takes it (known_absent).
         self._lock = threading.Lock()
         self._evicting = threading.Lock()  # one evictor at a time, for the whole of its unlinks
+        self._scan_started = threading.Event()
+        self._scan_deadline = 0.0
         self._scanned = threading.Event()
         self.io = DirectIO()
         self._buffers = BufferPool(self._stride)
         self._last_warning = 0.0
         self._puts = 0
-        # Temporary names unique to this daemon, even beside one in another PID namespace.
-        self._tmp_prefix = f"{os.getpid()}-{secrets.token_hex(4)}-"
-        self._tmp_numbers = itertools.count()
+        # Names unique to this daemon, even beside one in another PID namespace.
+        self._unique = f"{os.getpid():x}-{secrets.token_hex(4)}-"
+        self._numbers = itertools.count()
         self._started = time.time() - 1
         self.corrupt = 0
         self.write_errors = 0
 
     # -- where blocks are -------------------------------------------------------------------
 
-    def _file(self, digest: str, first: int, count: int) -> Path:
-        return self.root / digest[:2] / blockfile.file_name(digest, first, count)
-
-    def path(self, obj: ObjectRef, index: int) -> Path:
-        """Where the block is kept when it is a file of its own."""
-        return self._file(blockfile.digest(obj.bucket, obj.key), index, 1)
-
-    def locate(self, obj: ObjectRef, index: int) -> tuple[Path, int | None, int] | None:
-        """The file holding the block, the block's offset in it if the file is shared, and the
-        file's last block. Before the start-up scan is done, the block's directory is listed."""
+    def locate(self, obj: ObjectRef, index: int) -> tuple[Path, Entry] | None:
+        """The pack holding the block, and the block's entry in it. A block this mount has not
+        written waits for a start-up scan under way to find it, until SCAN_WAIT after the scan
+        began: a very large cache is still being scanned after that (~0.1 ms a pack here), and
+        its blocks are fetched again meanwhile instead of waited for."""
         digest = blockfile.digest(obj.bucket, obj.key)
         with self._lock:
-            found = self._index.holding(digest, index)
-        if found is None and not self._scanned.is_set():
-            found = holding(self._listed(digest), index)
-        if found is None:
-            return None
-        first, count = found
-        return (self._file(digest, first, count),
-                None if count == 1 else (index - first) * self._stride, first + count - 1)
+            found = self._index.locate(digest, index)
+        if found is None and self._scan_started.is_set() and not self._scanned.is_set():
+            if self._scanned.wait(self._scan_deadline - time.monotonic()):
+                with self._lock:
+                    found = self._index.locate(digest, index)
+        return (Path(found[0]), found[1]) if found else None
 
-    def _listed(self, digest: str) -> dict[int, int]:
-        try:
-            names = os.listdir(self.root / digest[:2])
-        except OSError:
-            return {}
-        return {first: count for name in names if name.startswith(digest)
-                for d, first, count in [blockfile.parse(name) or ("", 0, 0)] if d == digest}
+    def path(self, obj: ObjectRef, index: int) -> Path | None:
+        """The pack holding the block, if the disk has it."""
+        found = self.locate(obj, index)
+        return found[0] if found else None
 
     def known_absent(self, obj: ObjectRef, index: int) -> bool:
         """True when the block is not on disk as far as this mount knows (the scan is done and
@@ -108,14 +110,25 @@ class DiskBlocks:
         if not self._scanned.is_set():
             return False
         with self._lock:
-            return self._index.holding(blockfile.digest(obj.bucket, obj.key), index) is None
+            return self._index.locate(blockfile.digest(obj.bucket, obj.key), index) is None
 
     # -- start-up -------------------------------------------------------------------------------
+
+    def scan_in_background(self) -> None:
+        """Scan in a thread of its own; reads of blocks this mount has not written wait for it."""
+        self._began_scan()
+        threading.Thread(target=self.scan, name="idcfs-cache-scan", daemon=True).start()
+
+    def _began_scan(self) -> None:
+        self._scan_deadline = time.monotonic() + SCAN_WAIT
+        self._scan_started.set()
 
     def scan(self) -> None:
         """Learn what is on disk (oldest first) without holding up reads; then evict if over.
 
         Removes the directories of older formats, and makes the block directories."""
+        if not self._scan_started.is_set():
+            self._began_scan()
         try:
             self._scan()
         finally:
@@ -134,28 +147,52 @@ class DiskBlocks:
             for i in range(256):
                 (self.root / f"{i:02x}").mkdir(parents=True, exist_ok=True, mode=0o700)
         found = []
+        page = mmap.mmap(-1, blockfile.PAGE)  # aligned, for O_DIRECT
         for dirpath, _, names in os.walk(self.root):
             for name in names:
                 path = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    continue
                 if name.startswith(".tmp-"):
-                    if st.st_mtime < self._started:  # left by a daemon that was killed
-                        _unlink(path)
-                elif blockfile.parse(name) is not None:
-                    found.append((st.st_mtime, path, st.st_size))
-        found.sort()
+                    with contextlib.suppress(OSError):
+                        if os.stat(path).st_mtime < self._started:  # left by a killed daemon
+                            _unlink(path)
+                elif blockfile.is_pack(name) and (pack := self._directory(path, page)):
+                    found.append((pack[0], path, pack[1], pack[2]))
+        found.sort(key=lambda pack: pack[:2])
         # Built without the lock, and swapped in under it with what this mount wrote meanwhile,
         # so a large cache is never indexed while the FUSE loop waits.
         scanned = DiskIndex()
-        for _, path, size in found:
-            scanned.add(path, size)
+        for _, path, size, entries in found:
+            scanned.add(path, size, entries)
         with self._lock:
-            for path, size in self._index.lru.items():
-                scanned.add(path, size)
+            for path, (size, entries) in self._index.lru.items():
+                scanned.add(path, size, entries)
             self._index = scanned
+
+    def _directory(self, path: str, page: mmap.mmap) -> tuple[float, int, list[Entry]] | None:
+        """(mtime, size, entries) of a pack from its directory page; a damaged pack is removed."""
+        try:
+            fd = self.io.open(Path(path), os.O_RDONLY)
+        except OSError:  # evicted meanwhile by another mount
+            return None
+        try:
+            st = os.fstat(fd)
+            entries = None
+            # A pack is whole pages: any other size is damage (and an unaligned O_DIRECT read)
+            if st.st_size >= 2 * blockfile.PAGE and st.st_size % blockfile.PAGE == 0 and \
+                    self.io.pread(fd, memoryview(page), st.st_size - blockfile.PAGE) == \
+                    blockfile.PAGE:
+                entries = blockfile.read_directory(page, st.st_size)
+        except OSError as exc:
+            self._warn("cannot read cached pack %s: %s", path, exc)
+            return None
+        finally:
+            os.close(fd)
+        if entries is None:
+            self.corrupt += 1
+            log.warning("cached pack %s is damaged; removing it", path)
+            _unlink(path)
+            return None
+        return st.st_mtime, st.st_size, entries
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -164,87 +201,99 @@ class DiskBlocks:
 
     def get_many(self, obj: ObjectRef, lengths: dict[int, int]) -> dict[int, bytes]:
         """Those of the blocks asked for (block: its length) found intact on disk. Consecutive
-        blocks of a shared file come in one read, which the disk serves as one large request."""
-        found: dict[int, bytes] = {}
-        todo = sorted(lengths)
-        while todo:
-            where = self.locate(obj, todo[0])
-            if where is None:
-                todo.pop(0)
+        blocks in consecutive slots of a pack come in one read, which the disk serves as one
+        large request."""
+        digest = blockfile.digest(obj.bucket, obj.key)
+        groups: list[tuple[Path, list[tuple[int, Entry]]]] = []
+        for i in sorted(lengths):
+            where = self.locate(obj, i)
+            if where is None or where[1].length != lengths[i]:
                 continue
-            path, offset, last = where
-            group = [todo.pop(0)]
-            while todo and todo[0] == group[-1] + 1 and todo[0] <= last:
-                group.append(todo.pop(0))
-            found.update(self._read_file(path, offset, {i: lengths[i] for i in group}))
+            # The slot's trailer must name the block asked for, whatever the index says.
+            path, entry = where[0], where[1]._replace(digest=digest, index=i)
+            if groups and groups[-1][0] == path:
+                last, previous = groups[-1][1][-1]
+                if last == i - 1 and previous.offset + blockfile.slot(previous.length) \
+                        == entry.offset:
+                    groups[-1][1].append((i, entry))
+                    continue
+            groups.append((path, [(i, entry)]))
+        found: dict[int, bytes] = {}
+        for path, members in groups:
+            found.update(self._read_pack(path, members))
         return found
 
-    def _read_file(self, path: Path, offset: int | None,
-                   lengths: dict[int, int]) -> dict[int, bytes]:
+    def _read_pack(self, path: Path, members: list[tuple[int, Entry]]) -> dict[int, bytes]:
+        """The blocks of consecutive slots of a pack that are intact; a pack with a damaged
+        one is removed, and its blocks fetched again."""
         try:
             fd = self.io.open(path, os.O_RDONLY)
         except FileNotFoundError:  # evicted by another mount, or `idcfs cache clear`
             self._forget(str(path))
             return {}
         except OSError as exc:
-            self._warn("cannot read cached block %s: %s", path, exc)
+            self._warn("cannot read cached pack %s: %s", path, exc)
             return {}
+        entries = [entry for _, entry in members]
         try:
-            datas = self._read_verified(fd, list(lengths.values()), offset)
+            room = sum(blockfile.slot(e.length) for e in entries)
+            with self._buffers.lend() as buf:
+                view = memoryview(buf)[:room]
+                datas = (blockfile.verified(view, entries)
+                         if self.io.pread(fd, view, entries[0].offset) == room
+                         else [None] * len(entries))
             if any(datas) and time.time() - os.fstat(fd).st_mtime > TOUCH_EVERY:
                 os.utime(fd)  # the order the start-up scan restores the LRU in
         except OSError as exc:
-            self._warn("cannot read cached block %s: %s", path, exc)
+            self._warn("cannot read cached pack %s: %s", path, exc)
             return {}
         finally:
             os.close(fd)
-        found = {i: data for i, data in zip(lengths, datas) if data is not None}
-        if len(found) < len(lengths):
+        found = {i: data for (i, _), data in zip(members, datas) if data is not None}
+        if len(found) < len(members):
             self.corrupt += 1
-            log.warning("cached block %s is damaged; fetching it again", path)
+            log.warning("cached pack %s is damaged; fetching its blocks again", path)
             self._forget(str(path))
             _unlink(path)
-        elif found:
-            with self._lock:
-                self._index.touch(str(path))
+            return {}
+        with self._lock:
+            self._index.touch(str(path))
         return found
-
-    def _read_verified(self, fd: int, lengths: list[int],
-                       offset: int | None) -> list[bytes | None]:
-        """Each block's bytes if the file holds exactly them and a matching trailer, else None."""
-        room, expect = blockfile.read_extent(lengths, shared=offset is not None)
-        with self._buffers.lend() as buf:
-            view = memoryview(buf)[:room]
-            if self.io.pread(fd, view, offset or 0) != expect:
-                return [None] * len(lengths)
-            return blockfile.verified(view, lengths)
 
     # -- writing --------------------------------------------------------------------------------
 
     def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
-        """Store one block in a file of its own."""
-        self._put(obj, index, [data])
+        """Store one block."""
+        self.put_objects([(obj, {index: data})])
 
     def put_blocks(self, obj: ObjectRef, blocks: dict[int, bytes]) -> None:
-        """Store blocks, consecutive ones up to RUN_BLOCKS to a file."""
-        for run in runs(sorted(blocks)):
-            for at in range(0, len(run), blockfile.RUN_BLOCKS):
-                part = run[at:at + blockfile.RUN_BLOCKS]
-                datas = [blocks[i] for i in part]
-                if any(len(d) != self.block_size for d in datas[:-1]):
-                    raise ValueError("only the last block of a run may be short")
-                self._put(obj, part[0], datas)
+        """Store blocks of one object."""
+        self.put_objects([(obj, blocks)])
 
-    def _put(self, obj: ObjectRef, first: int, datas: list[bytes]) -> None:
-        """Store a file of blocks; a full or unwritable disk only costs the caching, with a
-        warning."""
-        digest = blockfile.digest(obj.bucket, obj.key)
-        path = self._file(digest, first, len(datas))
-        size = blockfile.file_size([len(d) for d in datas])
-        if size > self.limit:
-            return
+    def put_objects(self, items: Sequence[tuple[ObjectRef, dict[int, bytes]]]) -> None:
+        """Store the blocks of these objects in as few packs as hold them, each object's blocks
+        in order, in consecutive slots."""
+        pack: list[tuple[str, int, bytes]] = []
+        room = 0
+        for obj, blocks in items:
+            digest = blockfile.digest(obj.bucket, obj.key)
+            for i in sorted(blocks):
+                size = blockfile.slot(len(blocks[i]))
+                if pack and (room + size > self.capacity or len(pack) == blockfile.MAX_ENTRIES):
+                    self._put(pack)
+                    pack, room = [], 0
+                pack.append((digest, i, blocks[i]))
+                room += size
+        if pack:
+            self._put(pack)
+
+    def _put(self, pack: list[tuple[str, int, bytes]]) -> None:
+        """Store a pack of the blocks not on disk yet; a full or unwritable disk only costs the
+        caching, with a warning."""
         with self._lock:
-            if self._index.has_file(digest, first):
+            pack = [block for block in pack if self._index.locate(block[0], block[1]) is None]
+            size = blockfile.pack_size([len(data) for _, _, data in pack])
+            if not pack or size > self.limit:
                 return
             self._reserved += size
             self._puts += 1
@@ -253,7 +302,7 @@ class DiskBlocks:
             if check_space:
                 self._keep_disk_free()
             self._evict()
-            self._write(path, datas)
+            path, entries = self._write(pack)
         except BaseException as exc:
             with self._lock:
                 self._reserved -= size
@@ -264,18 +313,21 @@ class DiskBlocks:
             return
         with self._lock:  # from reserved to known in one step: never counted as free between
             self._reserved -= size
-            self._index.add(str(path), size)
+            self._index.add(str(path), size, entries)
 
-    def _write(self, path: Path, datas: list[bytes]) -> None:
-        tmp = path.parent / f".tmp-{self._tmp_prefix}{next(self._tmp_numbers)}"
+    def _write(self, pack: list[tuple[str, int, bytes]]) -> tuple[Path, list[Entry]]:
+        number = next(self._numbers)
+        folder = self.root / f"{number & 0xFF:02x}"
+        path = folder / f"{self._unique}{number:x}{blockfile.SUFFIX}"
+        tmp = folder / f".tmp-{self._unique}{number:x}"
         try:
             fd = self.io.create(tmp)
         except FileNotFoundError:  # not made yet by the scan, or `idcfs cache clear` removed it
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = self.io.create(tmp)
         try:
             with self._buffers.lend() as buf:
-                length = blockfile.write_image(buf, datas)
+                length, entries = blockfile.write_pack(buf, pack)
                 self.io.write(fd, memoryview(buf)[:length])
         except BaseException:
             os.close(fd)
@@ -287,6 +339,7 @@ class DiskBlocks:
         except BaseException:
             _unlink(tmp)
             raise
+        return path, entries
 
     # -- room -----------------------------------------------------------------------------------
 
@@ -305,7 +358,7 @@ class DiskBlocks:
                        self.limit / 1e6)
 
     def _evict(self) -> None:
-        """Unlink the least recently used files until what is on disk fits the bound. Victims
+        """Unlink the least recently used packs until what is on disk fits the bound. Victims
         leave the index at once (no reader finds them) but count until they are gone, and the
         unlinks happen without the lock the FUSE loop takes."""
         with self._evicting:
@@ -338,7 +391,7 @@ class DiskBlocks:
 
     @property
     def count(self) -> int:
-        """Blocks on disk (a file holds one or a run)."""
+        """Blocks on disk."""
         return self._index.blocks
 
 

@@ -1,19 +1,20 @@
-"""What the disk cache holds, file by file: least recently used first, and which blocks each
-file of an object has. Plain dictionaries, no locking and no I/O: DiskBlocks holds its lock
-for the few microseconds each call takes."""
+"""What the disk cache holds: its packs, least recently used first, and where each block is.
+Plain dictionaries, no locking and no I/O: DiskBlocks holds its lock for the few microseconds
+each call takes."""
 
 from __future__ import annotations
 
 import collections
-import os
+from collections.abc import Iterable
 
-from .blockfile import RUN_BLOCKS, parse
+from .blockfile import Entry
 
 
 class DiskIndex:
     def __init__(self) -> None:
-        self.lru: collections.OrderedDict[str, int] = collections.OrderedDict()  # path: bytes
-        self.files: dict[str, dict[int, int]] = {}  # digest: {first block: blocks}
+        # pack path: (bytes, the entries of its blocks)
+        self.lru: collections.OrderedDict[str, tuple[int, list[Entry]]] = collections.OrderedDict()
+        self.where: dict[str, dict[int, tuple[str, Entry]]] = {}  # digest: {index: (pack, entry)}
         self.blocks = 0
         self.size = 0
 
@@ -23,25 +24,31 @@ class DiskIndex:
     def __len__(self) -> int:
         return len(self.lru)
 
-    def add(self, path: str, size: int) -> None:
-        """Track a block file (most recently used), replacing what was known of it."""
+    def add(self, path: str, size: int, entries: Iterable[Entry]) -> None:
+        """Track a pack (most recently used). A block it holds that another pack holds too is
+        found in this one from now on; the other keeps its bytes until it is evicted."""
         self.remove(path)
-        digest, first, count = parse(os.path.basename(path))
-        self.lru[path] = size
+        entries = list(entries)
+        for e in entries:
+            found = self.where.setdefault(e.digest, {})
+            self.blocks += e.index not in found
+            found[e.index] = (path, e)
+        self.lru[path] = (size, entries)
         self.size += size
-        self.files.setdefault(digest, {})[first] = count
-        self.blocks += count
 
     def remove(self, path: str) -> int:
-        """Forget a block file; its size (0 if it was not tracked)."""
-        size = self.lru.pop(path, None)
-        if size is None:
+        """Forget a pack and the blocks found in it; its size (0 if it was not tracked)."""
+        known = self.lru.pop(path, None)
+        if known is None:
             return 0
-        digest, first, _ = parse(os.path.basename(path))
-        files = self.files.get(digest, {})
-        self.blocks -= files.pop(first, 0)
-        if not files:
-            self.files.pop(digest, None)
+        size, entries = known
+        for e in entries:
+            found = self.where.get(e.digest)
+            if found and e.index in found and found[e.index][0] == path:
+                del found[e.index]
+                self.blocks -= 1
+                if not found:
+                    del self.where[e.digest]
         self.size -= size
         return size
 
@@ -52,18 +59,7 @@ class DiskIndex:
     def oldest(self) -> str | None:
         return next(iter(self.lru), None)
 
-    def has_file(self, digest: str, first: int) -> bool:
-        return first in self.files.get(digest, ())
-
-    def holding(self, digest: str, index: int) -> tuple[int, int] | None:
-        """The (first block, blocks) of the file of the object that holds block index."""
-        return holding(self.files.get(digest), index)
-
-
-def holding(files: dict[int, int] | None, index: int) -> tuple[int, int] | None:
-    """The (first block, blocks) of the file among files ({first: blocks}) holding block index."""
-    if files:
-        for first in range(index, index - RUN_BLOCKS, -1):
-            if index < first + files.get(first, 0):
-                return first, files[first]
-    return None
+    def locate(self, digest: str, index: int) -> tuple[str, Entry] | None:
+        """The pack holding the block and its entry there."""
+        found = self.where.get(digest)
+        return found.get(index) if found else None
