@@ -88,13 +88,15 @@ def main() -> int:
     try:
         # One first mount moves with whatever else the machine does (1.6-4 s for the same
         # code): several, each with an empty cache of its own, give its median and spread.
+        # Each time is shown as it comes: the one right after other work is the slowest.
         firsts = []
         for i in range(args.first_mounts):
             step(f"first mount {i + 1}/{args.first_mounts} (empty cache: builds the tree "
                  f"from the full index)")
-            fresh = cache if i == args.first_mounts - 1 else work / f"first-{i}"  # the last
-            firsts.append(mount(mnt, fresh)[0])                                  # is remounted
-            step(f"  {firsts[-1]:.3f} s")  # in order: the one right after other work is slowest
+            # The last one's cache is the one the remounts below reuse.
+            fresh = cache if i == args.first_mounts - 1 else work / f"first-{i}"
+            firsts.append(mount(mnt, fresh)[0])
+            step(f"  {firsts[-1]:.3f} s")
             umount(mnt)
             if fresh != cache:
                 shutil.rmtree(fresh, ignore_errors=True)

@@ -4,7 +4,7 @@
     fetch.py      one checked fetch of a run of blocks (sizes, ETag)
     disk.py       DiskBlocks: the bounded, crash-safe disk cache and its start-up scan
     index.py      DiskIndex: the packs on disk in LRU order, and where each block is
-    blockfile.py  the on-disk format: packs, slots, trailers, directories (pure functions)
+    blockfile.py  the on-disk format: packs, slots, trailers, directories
     direct.py     O_DIRECT reads and writes, aligned buffers
     writeback.py  WriteBehind: the bounded queue of blocks going to disk, a pack at a time
 """

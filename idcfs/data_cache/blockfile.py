@@ -1,4 +1,5 @@
-"""The on-disk format of cached blocks, as pure functions: packs, slots, trailers, directories.
+"""The on-disk format of cached blocks: packs, slots, trailers, directories, as pure functions
+(but blocks_in_pack, which reads a pack's directory for `idcfs cache stats`).
 
 Blocks are kept in packs, `<id>.pack`, each written whole once, with O_DIRECT, and never
 changed. A pack holds the blocks the disk writer had queued together (many small objects, or a

@@ -68,8 +68,7 @@ class DiskBlocks:
         # Held only for dictionary work: the FUSE loop takes it (known_absent).
         self._lock = threading.Lock()
         self._evicting = threading.Lock()  # one evictor at a time, for the whole of its unlinks
-        self._scan_started = threading.Event()
-        self._scan_deadline = 0.0
+        self._scan_deadline = 0.0  # until when reads wait for the start-up scan (0: none began)
         self._scanned = threading.Event()
         self.io = DirectIO()
         self._buffers = BufferPool(self._stride)
@@ -89,13 +88,15 @@ class DiskBlocks:
         written waits for a start-up scan under way to find it, until SCAN_WAIT after the scan
         began: a very large cache is still being scanned after that (~0.1 ms a pack here), and
         its blocks are fetched again meanwhile instead of waited for."""
-        digest = blockfile.digest(obj.bucket, obj.key)
+        return self._locate(blockfile.digest(obj.bucket, obj.key), index)
+
+    def _locate(self, digest: str, index: int) -> tuple[Path, Entry] | None:
         with self._lock:
             found = self._index.locate(digest, index)
-        if found is None and self._scan_started.is_set() and not self._scanned.is_set():
-            if self._scanned.wait(self._scan_deadline - time.monotonic()):
-                with self._lock:
-                    found = self._index.locate(digest, index)
+        if found is None and not self._scanned.is_set() \
+                and self._scanned.wait(self._scan_deadline - time.monotonic()):
+            with self._lock:
+                found = self._index.locate(digest, index)
         return (Path(found[0]), found[1]) if found else None
 
     def path(self, obj: ObjectRef, index: int) -> Path | None:
@@ -121,13 +122,12 @@ class DiskBlocks:
 
     def _began_scan(self) -> None:
         self._scan_deadline = time.monotonic() + SCAN_WAIT
-        self._scan_started.set()
 
     def scan(self) -> None:
         """Learn what is on disk (oldest first) without holding up reads; then evict if over.
 
         Removes the directories of older formats, and makes the block directories."""
-        if not self._scan_started.is_set():
+        if not self._scan_deadline:
             self._began_scan()
         try:
             self._scan()
@@ -206,7 +206,7 @@ class DiskBlocks:
         digest = blockfile.digest(obj.bucket, obj.key)
         groups: list[tuple[Path, list[tuple[int, Entry]]]] = []
         for i in sorted(lengths):
-            where = self.locate(obj, i)
+            where = self._locate(digest, i)
             if where is None or where[1].length != lengths[i]:
                 continue
             # The slot's trailer must name the block asked for, whatever the index says.
@@ -262,6 +262,12 @@ class DiskBlocks:
 
     # -- writing --------------------------------------------------------------------------------
 
+    def fits(self, room: int, blocks: int, more_room: int, more_blocks: int) -> bool:
+        """Whether a pack whose slots take room bytes for blocks blocks has space for
+        more_blocks more in more_room bytes of slots."""
+        return (room + more_room <= self.capacity
+                and blocks + more_blocks <= blockfile.MAX_ENTRIES)
+
     def put(self, obj: ObjectRef, index: int, data: bytes) -> None:
         """Store one block."""
         self.put_objects([(obj, {index: data})])
@@ -279,7 +285,7 @@ class DiskBlocks:
             digest = blockfile.digest(obj.bucket, obj.key)
             for i in sorted(blocks):
                 size = blockfile.slot(len(blocks[i]))
-                if pack and (room + size > self.capacity or len(pack) == blockfile.MAX_ENTRIES):
+                if pack and not self.fits(room, len(pack), size, 1):
                     self._put(pack)
                     pack, room = [], 0
                 pack.append((digest, i, blocks[i]))

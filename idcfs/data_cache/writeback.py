@@ -6,10 +6,10 @@ in the bound (BlockCache.pace_to_disk). If a reader's own fetches still push the
 blocks are not written (counted as skipped): they are immutable, so the cost is a fetch later,
 not a wrong byte, and memory stays bounded.
 
-A writer takes what is queued, and what comes within LINGER after it, up to a pack's worth
-(DiskBlocks.capacity, blockfile.MAX_ENTRIES), and writes it as one pack: a loader reading
-thousands of small files makes a file system create and rename per pack, not per file. One
-writer gathers at a time, while the other writes.
+A writer takes what is queued, and what comes within LINGER after it, up to what a pack holds
+(DiskBlocks.fits), and writes it as one pack: a loader reading thousands of small files makes a
+file system create and rename per pack, not per file. One writer gathers at a time, while the
+other writes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 import time
 
 from ..objects import ObjectRef
-from .blockfile import MAX_ENTRIES, PAGE, slot
+from .blockfile import PAGE, slot
 from .disk import DiskBlocks
 
 log = logging.getLogger(__name__)
@@ -88,13 +88,12 @@ class WriteBehind:
                     while self._jobs:
                         blocks = self._jobs[0][1]
                         need = sum(slot(len(data)) for data in blocks.values())
-                        if batch and (room + need > self.disk.capacity
-                                      or entries + len(blocks) > MAX_ENTRIES):
+                        if batch and not self.disk.fits(room, entries, need, len(blocks)):
                             return batch
                         batch.append(self._jobs.popleft())
                         room, entries = room + need, entries + len(blocks)
                     left = deadline - time.monotonic()
-                    full = self.disk.capacity - room < PAGE or entries >= MAX_ENTRIES
+                    full = not self.disk.fits(room, entries, PAGE, 1)  # not even a page more
                     if full or self._draining or left <= 0:
                         return batch
                     self._lock.wait(left)
