@@ -509,7 +509,7 @@ def main() -> int:
     say("listing the whole bucket once, so that the endpoint has every ETag before the runs")
     s5cmd(server.url, ca.ca_pem, ENV, "ls", f"s3://{BUCKET}/*")
     bench = Bench(args.work, meta, ca, server, args.repeat)
-    bench.scratch.discard_all()  # removed, and waited for, before the first profile
+    bench.scratch.discard_all()  # an interrupted run's leftovers, removed at the end
     started = time.monotonic()
     try:
         for n, profile in enumerate(profiles):
@@ -523,7 +523,7 @@ def main() -> int:
                 time.sleep(0.5)
                 endpoint = f"https://127.0.0.1:{port}"
             peers = profile in args.peers_in.split(",")
-            bench.scratch.empty()  # outside any run (bench/scratch.py)
+            bench.scratch.next_profile()  # outside any run (bench/scratch.py)
             say(f"profile {profile} ({describe(profile)}), {n + 1} of {len(profiles)}, "
                 f"{(time.monotonic() - started) / 60:.0f} min so far")
             try:
@@ -544,7 +544,7 @@ def main() -> int:
         server.stop()
         for mnt in (args.work / "mnt").iterdir():
             subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
-        shutil.rmtree(args.work / "tmp", ignore_errors=True)
+        bench.scratch.remove()
     say(f"done in {(time.monotonic() - started) / 60:.1f} min")
     print(table(bench.results))
     if args.json:
