@@ -10,7 +10,9 @@ download) pay for the run before it. A run's scratch is therefore renamed aside 
 no inode) and kept until the benchmark ends, when nothing follows that could pay for its removal.
 Only when the disk has no room for another profile like the largest so far is it removed before
 the next profile, written back (`sync`), and the 60 s waited out: three such waits were 3.3 of
-the benchmark's 30 minutes. Probing the cost instead does not work: each probe's files dirty the
+the benchmark's 30 minutes. What is kept is written back and dropped from the page cache
+between profiles instead, as its removal did, so that a later profile does not run with memory
+full of it. Probing the cost instead does not work: each probe's files dirty the
 very inode table blocks it would measure.
 """
 
@@ -72,6 +74,9 @@ class Scratch:
         if free - self._largest < MIN_FREE:
             self.empty()
             free = shutil.disk_usage(self.root).free
+        else:  # what is kept must not keep its pages: removing it had freed them
+            os.sync()
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
         self._profile_began = free
 
     def remove(self) -> None:
