@@ -55,6 +55,19 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")
        and k not in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
 
 
+def open_link(server: Endpoint, profile: str) -> tuple[subprocess.Popen | None, str]:
+    """The URL a tool reaches the endpoint at in a profile: the endpoint itself, or bench/link.py
+    in front of it with the profile's latency and rate (returned too, to stop when done)."""
+    latency, rate = PROFILES[profile]
+    if not (latency or rate):
+        return None, server.url
+    port = free_port()
+    link = subprocess.Popen([sys.executable, str(ROOT / "bench" / "link.py"), str(port),
+                             str(server.port), str(latency), str(rate or 0)])
+    time.sleep(0.5)
+    return link, f"https://127.0.0.1:{port}"
+
+
 def say(message: str) -> None:
     print(f"-- {message}", file=sys.stderr, flush=True)
 
@@ -513,15 +526,7 @@ def main() -> int:
     started = time.monotonic()
     try:
         for n, profile in enumerate(profiles):
-            latency, rate = PROFILES[profile]
-            link = None
-            endpoint = server.url
-            if latency or rate:
-                port = free_port()
-                link = subprocess.Popen([sys.executable, str(ROOT / "bench" / "link.py"), str(port),
-                                         str(server.port), str(latency), str(rate or 0)])
-                time.sleep(0.5)
-                endpoint = f"https://127.0.0.1:{port}"
+            link, endpoint = open_link(server, profile)
             peers = profile in args.peers_in.split(",")
             bench.scratch.next_profile()  # outside any run (bench/scratch.py)
             say(f"profile {profile} ({describe(profile)}), {n + 1} of {len(profiles)}, "

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,8 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import data  # noqa: E402
 from conftest import make_ca  # noqa: E402
 from endpoint import Endpoint  # noqa: E402
-from peers import ENV, PROFILES, say, warm_endpoint  # noqa: E402
-from sample import free_port  # noqa: E402
+from peers import ENV, PROFILES, open_link, say, warm_endpoint  # noqa: E402
 from tools import BUCKET, s5cmd  # noqa: E402
 
 from idcfs.s3.endpoint import Health  # noqa: E402
@@ -90,14 +88,9 @@ def main() -> int:
     objects = [(f"{ct['uuid']}/{path.name}", path.stat().st_size) for path in files]
     ca = make_ca(Path(tempfile.mkdtemp(prefix="idcfs-bench-ca-")), "idcfs benchmark CA")
     server = Endpoint(work / "s3", ca.cert_pem, ca.key_pem)
-    latency, rate = PROFILES[args.profile]
-    port = free_port()
-    link = subprocess.Popen([sys.executable, str(ROOT / "bench" / "link.py"), str(port),
-                             str(server.port), str(latency), str(rate or 0)])
-    endpoint = f"https://127.0.0.1:{port}"
+    link, endpoint = open_link(server, args.profile)
     results: dict[str, list[tuple[float, float]]] = {"source": [], "s5cmd": []}
     try:
-        time.sleep(0.5)
         with tempfile.TemporaryDirectory(prefix="source-alone-", dir=work) as scratch:
             for n in range(args.rounds):
                 for tool in ("source", "s5cmd") if n % 2 == 0 else ("s5cmd", "source"):
@@ -113,8 +106,9 @@ def main() -> int:
                     say(f"{args.profile} round {n + 1}/{args.rounds} {tool}: wall {run[0]:.3f} s, "
                         f"cpu {run[1]:.3f} s")
     finally:
-        link.terminate()
-        link.wait()
+        if link:
+            link.terminate()
+            link.wait()
         server.stop()
     for tool, runs in results.items():
         walls, cpus = sorted(w for w, _ in runs), sorted(c for _, c in runs)
