@@ -35,7 +35,8 @@ def _cpu(pids: list[int]) -> float:
 
 
 def _peak_rss_mb(pids: list[int]) -> float:
-    """The largest peak resident set (VmHWM) among the processes, in MB."""
+    """The peak resident sets (VmHWM) of the processes added up, in MB: idcfs's daemon and its
+    S3 process are one tool. (Each process's own peak: an upper bound of their peak together.)"""
     peak = 0.0
     for pid in pids:
         try:
@@ -44,7 +45,7 @@ def _peak_rss_mb(pids: list[int]) -> float:
             continue
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
-                peak = max(peak, int(line.split()[1]) * 1024 / 1e6)
+                peak += int(line.split()[1]) * 1024 / 1e6
     return peak
 
 

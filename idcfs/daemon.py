@@ -15,14 +15,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pyfuse3
 import trio
 
 from .index import files as index
-from .bridge import AsyncioBridge
+from .logs import setup_logging
 from .data_cache import BlockCache, DiskBlocks
 from .config import MountConfig
 from .failures import FailureLog
@@ -36,6 +35,7 @@ from .index.selection import BadSelection
 from .errors import SourceError
 from .s3.check import check, timed_out
 from .s3.endpoint import Health, endpoint_name
+from .source_process import SourceProcess
 from .index.tree import Tree
 
 log = logging.getLogger("idcfs")
@@ -48,21 +48,6 @@ BASE_FUSE_OPTIONS = {"fsname=idcfs", "subtype=idcfs", "ro", "default_permissions
 
 class MountFailed(Exception):
     """The kernel refused the mount; the message says where and why."""
-
-
-def setup_logging(level: str) -> None:
-    """Log to stderr: a terminal in the foreground, the log file in the background, and the
-    journal under systemd (which stamps the time itself)."""
-    journal = bool(os.environ.get("JOURNAL_STREAM"))
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s" if journal
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if level != "DEBUG":
-        for noisy in ("botocore", "aiobotocore", "urllib3"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _announce(ready_fd: int | None, message: str) -> None:
@@ -106,7 +91,8 @@ async def _serve(cfg: MountConfig, mount: _Mount, ready_fd: int | None, started:
                 mount.reader.start(nursery)
                 nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
                 nursery.start_soon(_guarded, mount.check_endpoint)
-                nursery.start_soon(_guarded, _ready_when_answering, cfg, mount, ready_fd, started)
+                nursery.start_soon(_guarded, _ready_when_answering, cfg, mount, ready_fd, started,
+                                   nursery)
                 nursery.start_soon(_guarded, _return_freed_memory)
                 await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_connections * 2)
                 nursery.cancel_scope.cancel()
@@ -123,11 +109,11 @@ async def _guarded(task, *args) -> None:
 
 
 async def _ready_when_answering(cfg: MountConfig, mount: _Mount, ready_fd: int | None,
-                                started: float) -> None:
+                                started: float, nursery: trio.Nursery) -> None:
     try:
         await _announce_when_answering(cfg, mount, ready_fd, started)
-    finally:  # then the S3 client; whatever happened, requests waiting for it are let go
-        await mount.make_source()
+    finally:  # then the S3 process; whatever happened, requests waiting for it are let go
+        await mount.make_source(nursery)
 
 
 async def _announce_when_answering(cfg: MountConfig, mount: _Mount, ready_fd: int | None,
@@ -203,11 +189,12 @@ async def _return_freed_memory(every: float = 2.0) -> None:
 class _Mount:
     """The layers of one mount, made on the event loop that serves it.
 
-    The S3 client (the object source) is made only once the mount is ready (make_source):
-    botocore's import and service models were ~0.3 s of every mount. Listings and reads that
-    come before it wait for it; the endpoint check before "ready" does without it (check.py)."""
+    The S3 client runs in a process of its own (source_process.py), started once the mount is
+    ready (make_source): botocore's import and service models were ~0.3 s of every mount.
+    Listings and reads that come before it wait for it; the endpoint check before "ready" does
+    without it (check.py)."""
 
-    def __init__(self, cfg: MountConfig, tree: Tree, bridge: AsyncioBridge) -> None:
+    def __init__(self, cfg: MountConfig, tree: Tree) -> None:
         self.health = Health()
         self.listings = Listings(self._list, cfg.cache_dir)
         self.disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
@@ -217,35 +204,33 @@ class _Mount:
         self.ops = Operations(Namespace(nodes, AboutNodes(tree.files.meta, _options(cfg, tree),
                                                           self.stats)),
                               Attributes(cfg.uid, cfg.gid, cfg.umask, tree.timestamp_ns))
-        self.source = None  # an ObjectSource once make_source has made it
+        self.source = SourceProcess(
+            {"endpoint_url": cfg.endpoint_url, "max_connections": cfg.max_connections,
+             "ca_bundle": cfg.ca_bundle, "log_level": cfg.log_level}, self.health,
+            self.cache.block_size)
         self._source_made = trio.Event()
+        self._source_ready = False
         self._cfg = cfg
-        self._bridge = bridge
         self._tree = tree
         self._problem: str | None = None
         self._checked = trio.Event()
 
-    async def make_source(self) -> None:
+    async def make_source(self, nursery: trio.Nursery) -> None:
         try:
-            self.source = await self._bridge.run(_made_source(self._cfg, self.health))
-            _freeze_what_start_up_made()  # botocore's service models, now loaded
+            await self.source.start(nursery)
+            self._source_ready = True
+        except SourceError as exc:
+            log.error("%s", exc)
         finally:
             self._source_made.set()
 
-    async def _source(self):
-        await self._source_made.wait()
-        if self.source is None:
-            raise SourceError("the S3 client could not be made (the daemon's log says why)")
-        return self.source
-
     async def _list(self, ref):
-        source = await self._source()
-        return await self._bridge.run(source.list_series(ref.bucket, ref.prefix, ref.instances))
+        await self._source_made.wait()
+        return await self.source.list_series(ref.bucket, ref.prefix, ref.instances)
 
     async def _get_blocks(self, obj, start: int, length: int, block_size: int):
-        source = await self._source()
-        return await self._bridge.run(
-            source.get_blocks(obj.bucket, obj.key, start, length, block_size))
+        await self._source_made.wait()
+        return await self.source.get_blocks(obj.bucket, obj.key, start, length, block_size)
 
     async def check_endpoint(self) -> None:
         """One cheap request while the mount is made: is the endpoint there?"""
@@ -269,38 +254,20 @@ class _Mount:
         await self._checked.wait()
         return self._problem
 
-    def close_source(self) -> None:
-        """From outside the event loops, once they stopped."""
-        if self.source is not None:
-            self._bridge.call(self.source.close())
-
     def stats(self) -> dict:
         cache, disk, source, ops = self.cache, self.disk, self.source, self.ops
         return {**cache.stats, "listings_fetched": self.listings.fetched, "errors": ops.errors,
                 "endpoint": endpoint_name(self._cfg.endpoint_url),
                 "endpoint_health": self.health.as_dict(),
-                "s3_client": "ready" if source else "failed" if self._source_made.is_set()
-                else "starting",
-                "hedged_requests": source.hedging.hedged if source else 0,
+                "s3_client": "ready" if self._source_ready else "failed"
+                if self._source_made.is_set() else "starting",
+                "hedged_requests": source.hedged,
                 "handler_errors": ops.unexpected,
                 "disk_write_failures": cache.writer.failed,
                 "disk_cache_bytes": disk.used, "disk_cache_limit": disk.limit,
                 "disk_cache_blocks": disk.count, "damaged_blocks_refetched": disk.corrupt,
                 "disk_write_errors": disk.write_errors,
                 "blocks_not_written_disk_busy": cache.writer.skipped}
-
-
-async def _made_source(cfg: MountConfig, health: Health):
-    """The mount's ObjectSource, started (on the asyncio loop)."""
-    from .s3.source import ObjectSource  # botocore: imported once the mount is ready
-
-    source = ObjectSource(cfg.endpoint_url, cfg.max_connections, cfg.ca_bundle, health)
-    try:
-        await source.start()
-    except BaseException:
-        await source.close()
-        raise
-    return source
 
 
 def _options(cfg: MountConfig, tree: Tree) -> dict:
@@ -327,13 +294,7 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
         return 1
     log.info("IDC version %s from %s: %d series, read from %s (%s)", cfg.selection.idc_version,
              cfg.index_dir, tree.rows, cfg.selection.source, cfg.endpoint_url or "AWS S3")
-    # pyfuse3 drives its handlers on trio, aiobotocore and aiohttp run on asyncio: the S3
-    # client lives in an asyncio loop of its own thread (bridge.py). pyfuse3 on asyncio, one
-    # loop for both, measured no faster (its asyncio layer costs each FUSE request more than
-    # the bridge costs each fetch) and needs a fix of its terminate(); see doc/DESIGN.md.
-    bridge = AsyncioBridge()
-    bridge.start()
-    mount = _Mount(cfg, tree, bridge)
+    mount = _Mount(cfg, tree)
     try:
         mount.disk.scan_in_background()
         _freeze_what_start_up_made()
@@ -343,15 +304,14 @@ def run(cfg: MountConfig, ready_fd: int | None = None,
         _announce(ready_fd, str(exc))
         return 1
     finally:
-        mount.close_source()
-        bridge.stop()
+        mount.source.close()
         mount.cache.writer.drain()
     log.info("unmounted %s", cfg.mountpoint)
     return 0
 
 
 def _freeze_what_start_up_made() -> None:
-    """Everything made so far (botocore's service models, the libraries) lives as long as the
-    mount: out of the collector's sight, its full collections stop walking those objects again
-    and again while requests allocate (~4 % of the CPU of fetching a series, perf)."""
+    """Everything made so far (the index, the libraries) lives as long as the mount: out of the
+    collector's sight, its full collections stop walking those objects again and again while
+    requests allocate (~4 % of the CPU of fetching a series, perf)."""
     gc.freeze()

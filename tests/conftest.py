@@ -4,12 +4,15 @@ real endpoints are), and real idcfs mounts."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import random
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -373,3 +376,24 @@ def sample_files(sample: sample_data.Sample) -> list[Path]:
     """Every object, as a path relative to the root of the tree."""
     return [series_dir(Path(), row) / name
             for row in sample.rows for name in sorted(sample.series_objects(row))]
+
+
+@pytest.fixture(scope="module")
+def proxy(fast_s3: Endpoint, test_ca: CertAuthority) -> Iterator[Endpoint]:
+    """The sample's endpoint behind the fault proxy (tests/faultproxy.py), no faults set."""
+    port = sample_data.free_port()
+    proc = s3server.start_listening(
+        [sys.executable, str(Path(__file__).parent / "faultproxy.py"), str(port), fast_s3,
+         *map(str, test_ca.server), str(test_ca.ca_pem)],
+        port, "fault proxy")
+    yield Endpoint(f"https://127.0.0.1:{port}", test_ca.ca_pem)
+    proc.kill()  # a stalled answer would hold up a graceful shutdown for a minute
+    proc.wait()
+
+
+def set_fault(proxy: str, **fault) -> None:
+    """Make the proxy break requests (faultproxy.py says how); no fault: clear them."""
+    method = "POST" if fault else "DELETE"
+    request = urllib.request.Request(f"{proxy}/_faults", method=method,
+                                     data=json.dumps(fault).encode() if fault else None)
+    urllib.request.urlopen(request, context=ssl._create_unverified_context()).read()

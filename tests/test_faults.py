@@ -5,38 +5,14 @@ from __future__ import annotations
 import errno
 import json
 import os
-import ssl
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 import s3server
-import sample as sample_data
-from conftest import Endpoint, HtmlPage, answering, mounted, series_dir
+from conftest import HtmlPage, answering, mounted, series_dir, set_fault
 
 BUDGET = 4.0
-
-
-@pytest.fixture(scope="module")
-def proxy(fast_s3, test_ca):
-    port = sample_data.free_port()
-    proc = s3server.start_listening(
-        [sys.executable, str(Path(__file__).parent / "faultproxy.py"), str(port), fast_s3,
-         *map(str, test_ca.server), str(test_ca.ca_pem)],
-        port, "fault proxy")
-    yield Endpoint(f"https://127.0.0.1:{port}", test_ca.ca_pem)
-    proc.kill()  # a stalled answer would hold up a graceful shutdown for a minute
-    proc.wait()
-
-
-def set_fault(proxy: str, **fault) -> None:
-    method = "POST" if fault else "DELETE"
-    request = urllib.request.Request(f"{proxy}/_faults", method=method,
-                                     data=json.dumps(fault).encode() if fault else None)
-    urllib.request.urlopen(request, context=ssl._create_unverified_context()).read()
 
 
 @pytest.fixture

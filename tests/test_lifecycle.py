@@ -151,7 +151,8 @@ def test_the_background_daemon_is_one_process_of_its_own_session_that_passes_on_
         sample, fast_s3, tmp_path):
     """`idcfs mount` forks the daemon: a single process, detached from the terminal, whose
     notes (here: manifest entries the release lacks) still reach the person who mounted. Its
-    helper, the tree's build, has ended and been reaped once it is ready."""
+    helper, the tree's build, has ended and been reaped once it is ready; its one child is its
+    S3 process, which logs where it does."""
     row = sample.rows[0]
     manifest = tmp_path / "cohort.txt"
     manifest.write_text(f"{row['crdc_series_uuid']}\n1.2.3.4.5\n")
@@ -168,7 +169,10 @@ def test_the_background_daemon_is_one_process_of_its_own_session_that_passes_on_
         assert os.getsid(daemon) == daemon != os.getsid(0)
         assert os.readlink(f"/proc/{daemon}/fd/0") == os.devnull
         assert os.readlink(f"/proc/{daemon}/fd/2") == str(tmp_path / "cache" / "idcfs.log")
-        assert children(daemon) == []
+        assert wait_for(lambda: len(children(daemon)) == 1)
+        s3 = children(daemon)[0]
+        assert "-m idcfs.s3.serve" in Path(f"/proc/{s3}/cmdline").read_text().replace("\0", " ")
+        assert os.readlink(f"/proc/{s3}/fd/2") == str(tmp_path / "cache" / "idcfs.log")
 
 
 @pytest.mark.parametrize("case", ["bad option", "bad index"])
@@ -189,3 +193,19 @@ def test_a_mount_that_fails_its_checks_leaves_no_process_behind(sample, fast_s3,
     assert proc.returncode == 1 and proc.stderr.startswith("idcfs: "), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert wait_for(lambda: not daemon_pids(mnt), timeout=10)
+
+
+@pytest.mark.parametrize("end", ["unmount", "kill -9 of the daemon"])
+def test_the_s3_process_ends_with_its_mount(sample, fast_s3, tmp_path, end):
+    with mounting(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=fast_s3) as (proc, mnt):
+        assert proc.returncode == 0, proc.stderr
+        row = sample.rows[0]
+        name, data = next(iter(sample.series_objects(row).items()))
+        assert (series_dir(mnt, row) / name).read_bytes() == data  # read by the S3 process
+        daemon = daemon_pids(mnt)[0]
+        s3 = children(daemon)[0]
+        if end == "unmount":
+            assert run_idcfs("umount", str(mnt)).returncode == 0
+        else:
+            os.kill(daemon, signal.SIGKILL)
+        assert wait_for(lambda: not Path(f"/proc/{s3}").exists(), timeout=10)

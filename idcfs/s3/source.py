@@ -1,6 +1,6 @@
 """The object source: IDC's buckets over the S3 API (AWS, GCS's XML API, or any endpoint).
 
-Runs on asyncio (aiobotocore's loop, see bridge.py). Every request is unsigned: botocore is given
+Runs on asyncio, in the S3 process (serve.py). Every request is unsigned: botocore is given
 `signature_version=UNSIGNED`, which also stops it from looking up credentials at all, so no key
 from the environment or ~/.aws is ever read or sent to a public bucket; and the session reads no
 AWS configuration at all, and TLS trusts the system's certificate store (client.py).
@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import random
+from collections.abc import Awaitable
 
 import aiohttp
 from botocore import handlers
@@ -158,10 +159,15 @@ class ObjectSource:
         return page
 
     async def get_blocks(self, bucket: str, key: str, start: int, length: int,
-                         block_size: int) -> Blocks:
+                         block_size: int, into: list[memoryview] | None = None) -> Blocks:
         """Exactly length bytes of an object from start, as blocks of block_size (the last may
         be shorter), with their MD5 when they are the whole object; anything shorter or longer
         is an error.
+
+        into: where to put the blocks (a writable view of block_size bytes for each); the blocks
+        returned are then views of it. The first attempt of a race writes there as the bytes
+        arrive; a second one, racing it, into bytes of its own, copied there if it wins, so
+        that a loser never overwrites the winner's bytes.
 
         botocore retries failed requests (5xx, throttling, refused or reset connections); a body
         cut short or broken after the response began is retried here, with backoff and jitter;
@@ -171,17 +177,29 @@ class ObjectSource:
         for attempt in range(BODY_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(random.uniform(0, 0.2 * 2**attempt))
+            places = [into]  # the first attempt of this race takes them
+
+            def attempt(progress: Progress) -> Awaitable[Blocks]:
+                mine = places.pop() if places else None
+                return self._get_once(bucket, key, start, length, block_size, progress, mine)
+
             try:
-                return await self.hedging.race(
-                    lambda progress: self._get_once(bucket, key, start, length, block_size,
-                                                    progress),
-                    f"reading s3://{bucket}/{key} at {start}")
+                blocks = await self.hedging.race(attempt,
+                                                 f"reading s3://{bucket}/{key} at {start}")
             except _BodyFailed as exc:
                 failure = exc.error
+                continue
+            if into is None or not blocks or isinstance(blocks[0], memoryview):
+                return blocks
+            placed = Blocks(view[:len(block)] for view, block in zip(into, blocks))
+            for view, block in zip(placed, blocks):
+                view[:] = block
+            placed.md5 = blocks.md5
+            return placed
         raise failure
 
     async def _get_once(self, bucket: str, key: str, start: int, length: int, block_size: int,
-                        progress: Progress) -> Blocks:
+                        progress: Progress, into: list[memoryview] | None) -> Blocks:
         """One GET of the range; _BodyFailed where another attempt may succeed.
 
         The body is read block by block, so each block is assembled once from what the socket
@@ -215,7 +233,7 @@ class ObjectSource:
             whole = start == 0 and (answered is None or answered.endswith(f"/{length}"))
             try:
                 blocks = await _read_blocks(answer.content, length, block_size, progress,
-                                            hashlib.md5() if whole else None)
+                                            hashlib.md5() if whole else None, into)
                 longer = bool(await answer.content.read(1))  # not the rest of what may be a lot
             except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError,
                     TimeoutError) as exc:
@@ -262,19 +280,24 @@ class _BodyFailed(Exception):
 
 
 async def _read_blocks(body, length: int, block_size: int, progress: Progress,
-                       digest=None) -> Blocks:
+                       digest=None, into: list[memoryview] | None = None) -> Blocks:
     """Up to length bytes of body in blocks of block_size (fewer if the body ends early), and
-    their MD5 if digest is given."""
+    their MD5 if digest is given; into: views to write the blocks into, one per block."""
     blocks = Blocks()
-    for at in range(0, length, block_size):
-        need, parts = min(block_size, length - at), []
+    for index, at in enumerate(range(0, length, block_size)):
+        need = min(block_size, length - at)
+        view, parts, filled = into[index] if into else None, [], 0
         while need and (chunk := await body.read(need)):
             progress.mark()
             if digest is not None:
                 digest.update(chunk)
-            parts.append(chunk)
+            if view is None:
+                parts.append(chunk)
+            else:
+                view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
             need -= len(chunk)
-        blocks.append(b"".join(parts))
+        blocks.append(b"".join(parts) if view is None else view[:filled])
         if need:
             break
     if digest is not None:
