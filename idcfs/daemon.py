@@ -209,7 +209,6 @@ class _Mount:
              "ca_bundle": cfg.ca_bundle, "log_level": cfg.log_level}, self.health,
             self.cache.block_size)
         self._source_made = trio.Event()
-        self._source_ready = False
         self._cfg = cfg
         self._tree = tree
         self._problem: str | None = None
@@ -218,7 +217,6 @@ class _Mount:
     async def make_source(self, nursery: trio.Nursery) -> None:
         try:
             await self.source.start(nursery)
-            self._source_ready = True
         except SourceError as exc:
             log.error("%s", exc)
         finally:
@@ -259,8 +257,7 @@ class _Mount:
         return {**cache.stats, "listings_fetched": self.listings.fetched, "errors": ops.errors,
                 "endpoint": endpoint_name(self._cfg.endpoint_url),
                 "endpoint_health": self.health.as_dict(),
-                "s3_client": "ready" if self._source_ready else "failed"
-                if self._source_made.is_set() else "starting",
+                "s3_client": source.state, "s3_client_problem": source.problem,
                 "hedged_requests": source.hedged,
                 "handler_errors": ops.unexpected,
                 "disk_write_failures": cache.writer.failed,

@@ -45,7 +45,7 @@ class Places:
     """The shared memory, in places of one block each, given out first come, first served."""
 
     def __init__(self, count: int, size: int) -> None:
-        self.count, self.size = count, size
+        self.count = count
         self._free = [i * size for i in range(count)]
         self._waiting: collections.deque[tuple[int, trio.Event, list[int]]] = collections.deque()
 
@@ -131,6 +131,15 @@ class SourceProcess:
     def hedged(self) -> int:
         """Requests raced by a second one, by every S3 process of the mount."""
         return self._hedged_before + (self._child.hedged if self._child else 0)
+
+    @property
+    def state(self) -> str:
+        """"starting" until the first S3 process is ready, then "ready", or "failed" while none
+        is (self.problem says why)."""
+        child = self._child
+        if child is not None and child.started and not child.ended:
+            return "ready"
+        return "starting" if child is None and not self.problem else "failed"
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the S3 process; SourceError if it cannot make its client."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -209,3 +211,34 @@ def test_the_s3_process_ends_with_its_mount(sample, fast_s3, tmp_path, end):
         else:
             os.kill(daemon, signal.SIGKILL)
         assert wait_for(lambda: not Path(f"/proc/{s3}").exists(), timeout=10)
+
+
+def test_a_killed_s3_process_costs_the_reads_of_that_moment_and_the_mount_serves_on(
+        sample, fast_s3, tmp_path):
+    """Reads that need the object store fail with EIO until a new S3 process is started, 5 s
+    after; what the cache holds is read throughout, and the stats say what happened."""
+    with mounted(sample, tmp_path / "mnt", tmp_path / "cache", endpoint=fast_s3) as mnt:
+        files = [(series_dir(mnt, row) / name, data) for row in sample.rows[:3]
+                 for name, data in list(sample.series_objects(row).items())[:1]]
+        assert files[0][0].read_bytes() == files[0][1]
+        daemon = daemon_pids(mnt)[0]
+        first = children(daemon)[0]
+        os.kill(first, signal.SIGKILL)
+        stats = mnt / ".idcfs" / "stats"
+        assert wait_for(lambda: json.loads(stats.read_text())["s3_client"] == "failed", 5)
+        assert "killed by signal 9" in json.loads(stats.read_text())["s3_client_problem"]
+        assert files[0][0].read_bytes() == files[0][1]  # from the cache
+        with pytest.raises(OSError) as failed:
+            files[1][0].read_bytes()
+        assert failed.value.errno == errno.EIO
+        assert wait_for(lambda: reads(*files[2]), timeout=15)
+        assert json.loads(stats.read_text())["s3_client"] == "ready"
+        assert children(daemon) != [first]
+
+
+def reads(path: Path, data: bytes) -> bool:
+    """Whether path reads as data now (False if the read fails)."""
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False
