@@ -93,7 +93,7 @@ async def _serve(cfg: MountConfig, mount: _Mount, ready_fd: int | None, started:
                 nursery.start_soon(_guarded, mount.check_endpoint)
                 nursery.start_soon(_guarded, _ready_when_answering, cfg, mount, ready_fd, started,
                                    nursery)
-                nursery.start_soon(_guarded, _return_freed_memory)
+                nursery.start_soon(_guarded, _return_freed_memory, mount.source)
                 await pyfuse3.main(min_tasks=4, max_tasks=cfg.max_connections * 2)
                 nursery.cancel_scope.cancel()
         finally:
@@ -172,18 +172,21 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         log.debug("not glibc: malloc arenas left as they are")
 
 
-async def _return_freed_memory(every: float = 2.0) -> None:
+async def _return_freed_memory(source: SourceProcess, every: float = 2.0) -> None:
     """Give the pages that Python has freed back to the system every few seconds, so that one
     workload's peak is not carried into the next (the benchmark's sequence of a 1 GiB read, disk
-    cache re-reads and a series copy peaked at 480-580 MB without it, 440-470 MB with it).
-    malloc_trim costs well under a millisecond here. glibc only."""
+    cache re-reads and a series copy peaked at 480-580 MB without it, 440-470 MB with it), and
+    those of the memory shared with the S3 process once it is idle. malloc_trim costs well under
+    a millisecond here (glibc only)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
-        return
+        trim = None
     while True:
         await trio.sleep(every)
-        trim(0)
+        if trim is not None:
+            trim(0)
+        source.return_idle_memory()
 
 
 class _Mount:

@@ -17,6 +17,7 @@ mount.
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
 import json
 import logging
@@ -35,10 +36,13 @@ from .wire import CANCEL, FAILED, GET, HEADER, LIST, frame, unframe
 
 log = logging.getLogger(__name__)
 
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+
 START_SECONDS = 60.0  # for a new S3 process to import its libraries and make its client
 STOP_SECONDS = 5.0  # for it to end once told, before it is killed
 COMMAND = (sys.executable, "-m", "idcfs.s3.serve")  # then its settings, as JSON
 RESTART_AFTER = 5.0  # seconds after an S3 process ended before another is started
+IDLE_SECONDS = 10.0  # with no read for this long, the shared memory's pages go back
 
 
 class Places:
@@ -46,11 +50,17 @@ class Places:
 
     def __init__(self, count: int, size: int) -> None:
         self.count = count
+        self.taken_at = float("-inf")  # when places were last taken
         self._free = [i * size for i in range(count)]
         self._waiting: collections.deque[tuple[int, trio.Event, list[int]]] = collections.deque()
 
+    @property
+    def in_use(self) -> int:
+        return self.count - len(self._free)
+
     async def take(self, n: int) -> list[int]:
         """n places (their offsets), once there are; n must not exceed count."""
+        self.taken_at = time.monotonic()
         if not self._waiting and len(self._free) >= n:
             return self._pop(n)
         entry: tuple[int, trio.Event, list[int]] = (n, trio.Event(), [])
@@ -126,6 +136,17 @@ class SourceProcess:
         self._ended_at = float("-inf")
         self._hedged_before = 0  # by the S3 processes that ended
         self.problem = ""  # why the last S3 process ended, or could not start
+
+    def return_idle_memory(self) -> bool:
+        """Give the shared memory's pages back to the system once no read has used it for
+        IDLE_SECONDS (a mount that sits idle does not keep its last burst's bytes); whether it
+        did. Only while every place is free: nothing is being written there then."""
+        places = self.places
+        if places.in_use or time.monotonic() - places.taken_at < IDLE_SECONDS:
+            return False
+        places.taken_at = float("-inf")  # once per idle spell
+        _punch_hole(self._memory_fd, places.count * self.block_size)
+        return True
 
     @property
     def hedged(self) -> int:
@@ -329,6 +350,14 @@ def _ended(process: subprocess.Popen, seconds: float) -> str:
         process.kill()
         code = process.wait()
     return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+def _punch_hole(fd: int, size: int) -> None:
+    """Free the pages of fd's first size bytes; its size and the mappings of it stay (Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    if libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        log.debug("the shared memory's pages stay: %s", os.strerror(ctypes.get_errno()))
 
 
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:

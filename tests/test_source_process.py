@@ -15,6 +15,7 @@ import trio
 from conftest import in_blocks, set_fault
 from idcfs.errors import SourceError
 from idcfs.s3.endpoint import Health
+from idcfs import source_process
 from idcfs.source_process import Places, SourceProcess
 
 BLOCK = 64 << 10
@@ -218,3 +219,26 @@ def test_reads_in_flight_at_once_share_the_places_and_all_come_back_exact(sample
     found = with_source(fast_s3, many, memory_size=16 * BLOCK)
     assert found == {key: data for (_, key), data in objects}
     assert time.monotonic() - started < 60
+
+
+def test_the_shared_memory_goes_back_to_the_system_once_idle_and_reads_go_on(
+        sample, fast_s3, monkeypatch):
+    bucket, key, data = largest_object(sample)
+    monkeypatch.setattr(source_process, "IDLE_SECONDS", 0.2)
+
+    async def read_idle_read(source):
+        def held() -> int:
+            return os.fstat(source._memory_fd).st_blocks
+
+        await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+        busy = held(), source.return_idle_memory()  # just used
+        await trio.sleep(0.3)
+        idle = source.return_idle_memory(), held()
+        again = await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+        return busy, idle, again
+
+    (busy_blocks, returned_busy), (returned, idle_blocks), again = with_source(
+        fast_s3, read_idle_read)
+    assert busy_blocks * 512 >= len(data) and not returned_busy
+    assert returned and idle_blocks == 0
+    assert again == in_blocks(data, BLOCK)
