@@ -49,7 +49,7 @@ def _peak_rss_mb(pids: list[int]) -> float:
     return peak
 
 
-def _pids(pattern: str) -> list[int]:
+def tool_pids(pattern: str) -> list[int]:
     """The processes whose command line matches pattern, and all their descendants: a tool's
     own helper processes count as the tool."""
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
@@ -116,7 +116,7 @@ class Mount:
 
     def cpu(self) -> float:
         """The CPU seconds of the daemon so far (and its peak RSS, kept in `peaks`)."""
-        pids = _pids(self.pattern)
+        pids = tool_pids(self.pattern)
         Mount.peaks[self.tool] = max(Mount.peaks.get(self.tool, 0.0), _peak_rss_mb(pids))
         return _cpu(pids)
 
@@ -126,7 +126,7 @@ class Mount:
     def __exit__(self, *exc) -> None:
         subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
         deadline = time.monotonic() + 15
-        while _pids(self.pattern) and time.monotonic() < deadline:
+        while tool_pids(self.pattern) and time.monotonic() < deadline:
             time.sleep(0.05)
         subprocess.run(["fusermount3", "-uz", str(self.mnt)], capture_output=True)
         if self._own_cache:
