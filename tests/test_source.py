@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 import s3server
-from conftest import Canned, HtmlPage, answering, in_blocks
+from conftest import Canned, HtmlPage, answering, in_blocks, set_fault
 from idcfs.errors import SourceError
 from idcfs.s3.check import check
 from idcfs.s3.source import ObjectSource, _parts
@@ -219,3 +219,26 @@ def test_parts_that_miss_objects_fall_back_to_the_listing_page_by_page(sample, f
     count = len(sample.series_objects(row))
     listed = run(fast_s3, "list_series", bucket, prefix, count + 7)
     assert [name for name, _, _ in listed] == sorted(sample.series_objects(row))
+
+
+@pytest.mark.parametrize("stall", [False, True])
+def test_blocks_asked_into_given_memory_land_there_even_when_a_hedge_wins(sample, fast_s3, proxy,
+                                                                          stall):
+    """The S3 process's shared memory: the blocks returned are views of it, holding the
+    object's bytes. When the first attempt stalls half-way, the hedge's bytes are copied there
+    after the race, never written beside a loser still writing."""
+    (bucket, key), data = max(sample.objects.items(), key=lambda item: len(item[1]))
+    block = 64 << 10
+    memory = bytearray(-(-len(data) // block) * block)
+    into = [memoryview(memory)[at:at + block] for at in range(0, len(memory), block)]
+    set_fault(proxy, **({"mode": "stall", "count": 1, "match": key.split("/")[1]} if stall else {}))
+    s3server.counts(fast_s3, reset=True)
+    try:
+        blocks = run(proxy, "get_blocks", bucket, key, 0, len(data), block, into)
+    finally:
+        set_fault(proxy)
+    assert s3server.counts(fast_s3)[f"GET {bucket}/{key}"] == (2 if stall else 1)
+    assert all(isinstance(b, memoryview) and b.obj is memory for b in blocks)
+    assert [bytes(b) for b in blocks] == in_blocks(data, block)
+    assert bytes(memory[:len(data)]) == data
+    assert blocks.md5 == hashlib.md5(data).hexdigest()

@@ -179,12 +179,12 @@ class ObjectSource:
                 await asyncio.sleep(random.uniform(0, 0.2 * 2**attempt))
             places = [into]  # the first attempt of this race takes them
 
-            def attempt(progress: Progress) -> Awaitable[Blocks]:
+            def one_attempt(progress: Progress) -> Awaitable[Blocks]:
                 mine = places.pop() if places else None
                 return self._get_once(bucket, key, start, length, block_size, progress, mine)
 
             try:
-                blocks = await self.hedging.race(attempt,
+                blocks = await self.hedging.race(one_attempt,
                                                  f"reading s3://{bucket}/{key} at {start}")
             except _BodyFailed as exc:
                 failure = exc.error
