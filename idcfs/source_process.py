@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
 START_SECONDS = 60.0  # for a new S3 process to import its libraries and make its client
-STOP_SECONDS = 5.0  # for it to end once told, before it is killed
+STOP_SECONDS = 5.0  # for it to end once told, or to stop a cancelled request, before it is killed
 COMMAND = (sys.executable, "-m", "idcfs.s3.serve")  # then its settings, as JSON
 RESTART_AFTER = 5.0  # seconds after an S3 process ended before another is started
 IDLE_SECONDS = 10.0  # with no read for this long, the shared memory's pages go back
@@ -287,6 +287,7 @@ class SourceProcess:
                     request.abandoned = True
                     with trio.CancelScope(shield=True):
                         await self._cancel(child, number)
+                    self._nursery.start_soon(self._stopped_or_killed, child, request)
                 else:
                     child.requests.pop(number, None)
             if isinstance(exc, (OSError, trio.ClosedResourceError)):
@@ -295,6 +296,18 @@ class SourceProcess:
         if request.failure is not None:
             raise SourceError(request.failure)
         return request.value
+
+    @staticmethod
+    async def _stopped_or_killed(child: _Child, request: _Request) -> None:
+        """A cancelled request's answer, or the end of an S3 process that no longer answers
+        (its loop stuck): its end fails what it had and gives their places back, and the next
+        request starts a new one."""
+        with trio.move_on_after(STOP_SECONDS):
+            await request.done.wait()
+        if not request.done.is_set() and not child.ended:
+            log.error("the S3 process did not stop a cancelled request within %.0f s: ending it",
+                      STOP_SECONDS)
+            child.process.kill()
 
     @staticmethod
     async def _cancel(child: _Child, number: int) -> None:

@@ -242,3 +242,37 @@ def test_the_shared_memory_goes_back_to_the_system_once_idle_and_reads_go_on(
     assert busy_blocks * 512 >= len(data) and not returned_busy
     assert returned and idle_blocks == 0
     assert again == in_blocks(data, BLOCK)
+
+
+def test_an_s3_process_that_does_not_stop_a_cancelled_read_is_ended_and_replaced(
+        sample, proxy, monkeypatch):
+    """A stuck S3 process (here: stopped with SIGSTOP) would keep the places of the reads it
+    no longer answers, and the reads after them would wait for places forever."""
+    bucket, key, data = largest_object(sample)
+    monkeypatch.setattr(source_process, "STOP_SECONDS", 0.5)
+    set_fault(proxy, mode="silent", count=1, match=key.split("/")[1])
+
+    async def stuck(source):
+        first = source._child.process
+
+        async def stop_it():
+            await trio.sleep(0.3)
+            os.kill(first.pid, signal.SIGSTOP)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_it)
+            with trio.move_on_after(0.6):
+                await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+        with trio.fail_after(10):
+            while source.places.in_use:
+                await trio.sleep(0.05)
+        await trio.sleep(source.restart_after)
+        blocks = await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+        return first, blocks
+
+    try:
+        first, blocks = with_source(proxy, stuck, restart_after=0.2)
+    finally:
+        set_fault(proxy)
+    assert first.poll() == -signal.SIGKILL
+    assert blocks == in_blocks(data, BLOCK)
