@@ -50,7 +50,7 @@ class Places:
 
     def __init__(self, count: int, size: int) -> None:
         self.count = count
-        self.taken_at = float("-inf")  # when places were last taken
+        self.used_at = float("-inf")  # when places were last taken or given back
         self._free = [i * size for i in range(count)]
         self._waiting: collections.deque[tuple[int, trio.Event, list[int]]] = collections.deque()
 
@@ -60,7 +60,7 @@ class Places:
 
     async def take(self, n: int) -> list[int]:
         """n places (their offsets), once there are; n must not exceed count."""
-        self.taken_at = time.monotonic()
+        self.used_at = time.monotonic()
         if not self._waiting and len(self._free) >= n:
             return self._pop(n)
         entry: tuple[int, trio.Event, list[int]] = (n, trio.Event(), [])
@@ -77,6 +77,7 @@ class Places:
         return entry[2]
 
     def give_back(self, offsets: list[int]) -> None:
+        self.used_at = time.monotonic()
         self._free.extend(offsets)
         self._grant()
 
@@ -142,9 +143,9 @@ class SourceProcess:
         IDLE_SECONDS (a mount that sits idle does not keep its last burst's bytes); whether it
         did. Only while every place is free: nothing is being written there then."""
         places = self.places
-        if places.in_use or time.monotonic() - places.taken_at < IDLE_SECONDS:
+        if places.in_use or time.monotonic() - places.used_at < IDLE_SECONDS:
             return False
-        places.taken_at = float("-inf")  # once per idle spell
+        places.used_at = float("-inf")  # once per idle spell
         _punch_hole(self._memory_fd, places.count * self.block_size)
         return True
 

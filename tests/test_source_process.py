@@ -45,6 +45,11 @@ def with_source(endpoint, body, *, memory_size: int = 96 * BLOCK, restart_after:
         assert all(p.poll() is not None for p in processes), "the S3 process outlived its mount"
 
 
+async def signal_after(seconds: float, process: subprocess.Popen, signum: int) -> None:
+    await trio.sleep(seconds)
+    os.kill(process.pid, signum)
+
+
 def largest_object(sample) -> tuple[str, str, bytes]:
     (bucket, key), data = max(sample.objects.items(), key=lambda item: len(item[1]))
     return bucket, key, data
@@ -108,23 +113,30 @@ def test_the_endpoints_health_as_the_s3_process_saw_it_reaches_the_mount(sample,
 
 def test_a_cancelled_read_is_stopped_in_the_s3_process_and_gives_its_places_back(
         sample, proxy):
+    """The places stay set aside until the S3 process says it stopped (it is held still with
+    SIGSTOP to see that), so that nothing it writes lands in a place given to another read."""
     bucket, key, data = largest_object(sample)
     set_fault(proxy, mode="silent", count=-1, match=key.split("/")[1])
 
     async def cancel(source):
-        with trio.move_on_after(0.5):
-            await source.get_blocks(bucket, key, 0, len(data), BLOCK)
-        held = source.places.count - len(source.places._free)
-        with trio.fail_after(5):
-            while len(source.places._free) < source.places.count:
+        process = source._child.process
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(signal_after, 0.3, process, signal.SIGSTOP)
+            with trio.move_on_after(0.5):
+                await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+        await trio.sleep(0.3)
+        held = source.places.in_use
+        os.kill(process.pid, signal.SIGCONT)
+        with trio.fail_after(4):  # within the time a cancel has to be answered
+            while source.places.in_use:
                 await trio.sleep(0.01)
-        return held
+        return held, process.poll()
 
     try:
-        held = with_source(proxy, cancel)
+        held, ended = with_source(proxy, cancel)
     finally:
         set_fault(proxy)
-    assert held == -(-len(data) // BLOCK)  # until the S3 process said it stopped
+    assert held == -(-len(data) // BLOCK) and ended is None
 
 
 def test_when_the_s3_process_dies_reads_in_flight_fail_and_a_later_read_starts_a_new_one(
@@ -134,13 +146,8 @@ def test_when_the_s3_process_dies_reads_in_flight_fail_and_a_later_read_starts_a
 
     async def kill_then_read(source):
         first = source._child.process
-
-        async def killer():
-            await trio.sleep(0.3)
-            os.kill(first.pid, signal.SIGKILL)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(killer)
+            nursery.start_soon(signal_after, 0.3, first, signal.SIGKILL)
             with pytest.raises(SourceError, match="the S3 process ended .killed by signal 9"):
                 await source.get_blocks(bucket, key, 0, len(data), BLOCK)
         set_fault(proxy)
@@ -153,7 +160,7 @@ def test_when_the_s3_process_dies_reads_in_flight_fail_and_a_later_read_starts_a
 
     processes: list[subprocess.Popen] = []
     try:
-        blocks, new, free = with_source(proxy, kill_then_read, restart_after=0.5)
+        blocks, new, free = with_source(proxy, kill_then_read, restart_after=2.0)
     finally:
         set_fault(proxy)
     assert blocks == in_blocks(data, BLOCK) and new
@@ -254,13 +261,8 @@ def test_an_s3_process_that_does_not_stop_a_cancelled_read_is_ended_and_replaced
 
     async def stuck(source):
         first = source._child.process
-
-        async def stop_it():
-            await trio.sleep(0.3)
-            os.kill(first.pid, signal.SIGSTOP)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stop_it)
+            nursery.start_soon(signal_after, 0.3, first, signal.SIGSTOP)
             with trio.move_on_after(0.6):
                 await source.get_blocks(bucket, key, 0, len(data), BLOCK)
         with trio.fail_after(10):
