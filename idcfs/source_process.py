@@ -51,6 +51,7 @@ class Places:
     def __init__(self, count: int, size: int) -> None:
         self.count = count
         self.used_at = float("-inf")  # when places were last taken or given back
+        self.written = False  # places were taken since the memory's pages were last returned
         self._free = [i * size for i in range(count)]
         self._waiting: collections.deque[tuple[int, trio.Event, list[int]]] = collections.deque()
 
@@ -60,7 +61,7 @@ class Places:
 
     async def take(self, n: int) -> list[int]:
         """n places (their offsets), once there are; n must not exceed count."""
-        self.used_at = time.monotonic()
+        self.used_at, self.written = time.monotonic(), True
         if not self._waiting and len(self._free) >= n:
             return self._pop(n)
         entry: tuple[int, trio.Event, list[int]] = (n, trio.Event(), [])
@@ -143,9 +144,10 @@ class SourceProcess:
         IDLE_SECONDS (a mount that sits idle does not keep its last burst's bytes); whether it
         did. Only while every place is free: nothing is being written there then."""
         places = self.places
-        if places.in_use or time.monotonic() - places.used_at < IDLE_SECONDS:
+        if (not places.written or places.in_use
+                or time.monotonic() - places.used_at < IDLE_SECONDS):
             return False
-        places.used_at = float("-inf")  # once per idle spell
+        places.written = False
         _punch_hole(self._memory_fd, places.count * self.block_size)
         return True
 

@@ -234,6 +234,7 @@ def test_the_shared_memory_goes_back_to_the_system_once_idle_and_reads_go_on(
     monkeypatch.setattr(source_process, "IDLE_SECONDS", 0.2)
 
     async def read_idle_read(source):
+        assert not source.return_idle_memory()  # nothing written there yet
         def held() -> int:
             return os.fstat(source._memory_fd).st_blocks
 
@@ -241,6 +242,7 @@ def test_the_shared_memory_goes_back_to_the_system_once_idle_and_reads_go_on(
         busy = held(), source.return_idle_memory()  # just used
         await trio.sleep(0.3)
         idle = source.return_idle_memory(), held()
+        assert not source.return_idle_memory()  # once per idle spell
         again = await source.get_blocks(bucket, key, 0, len(data), BLOCK)
         return busy, idle, again
 
