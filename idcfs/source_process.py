@@ -314,11 +314,19 @@ class SourceProcess:
 
     @staticmethod
     async def _cancel(child: _Child, number: int) -> None:
-        async with child.sending:
-            try:
-                await _send_all(child.sock, frame((number, CANCEL)))
-            except (OSError, trio.ClosedResourceError):
-                pass  # it has ended: its end fails the request and gives the places back
+        """Tell the S3 process to stop a request. It is sent shielded, so an S3 process that
+        does not take it (stuck, its socket full) is ended after STOP_SECONDS instead of holding
+        the reader."""
+        with trio.move_on_after(STOP_SECONDS) as waited:
+            async with child.sending:
+                try:
+                    await _send_all(child.sock, frame((number, CANCEL)))
+                except (OSError, trio.ClosedResourceError):
+                    pass  # it has ended: its end fails the request and gives the places back
+        if waited.cancelled_caught and not child.ended:
+            log.error("the S3 process did not take a cancel within %.0f s: ending it",
+                      STOP_SECONDS)
+            child.process.kill()
 
     async def list_series(self, bucket: str, prefix: str,
                           expected: int = 0) -> list[tuple[str, int, str]]:

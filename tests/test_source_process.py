@@ -280,3 +280,35 @@ def test_an_s3_process_that_does_not_stop_a_cancelled_read_is_ended_and_replaced
         set_fault(proxy)
     assert first.poll() == -signal.SIGKILL
     assert blocks == in_blocks(data, BLOCK)
+
+
+def test_an_s3_process_that_does_not_take_a_cancel_is_ended_and_the_reader_let_go(
+        sample, proxy, monkeypatch):
+    """The cancel is sent shielded from the reader's own cancellation: if it cannot be sent
+    (here another send holds the socket), the reader still gets its answer in seconds."""
+    bucket, key, data = largest_object(sample)
+    monkeypatch.setattr(source_process, "STOP_SECONDS", 0.5)
+    set_fault(proxy, mode="silent", count=1, match=key.split("/")[1])
+
+    async def blocked(source):
+        first = source._child.process
+
+        async def read():
+            with trio.move_on_after(0.3):
+                await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await trio.sleep(0.1)  # the request is sent, its answer held by the proxy
+                await source._child.sending.acquire()  # a send that never ends
+        source._child.sending.release()
+        with trio.fail_after(5):
+            while first.poll() is None:
+                await trio.sleep(0.05)
+        return first.poll()
+
+    try:
+        assert with_source(proxy, blocked) == -signal.SIGKILL
+    finally:
+        set_fault(proxy)
