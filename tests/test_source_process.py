@@ -50,9 +50,32 @@ async def signal_after(seconds: float, process: subprocess.Popen, signum: int) -
     os.kill(process.pid, signum)
 
 
+async def give_up_reading_from_a_stopped_process(source: SourceProcess, held: tuple,
+                                                 seconds: float) -> subprocess.Popen:
+    """Read the held object, stop the S3 process (SIGSTOP) 0.3 s into the read, and give the
+    read up after seconds; the process, stopped."""
+    _, bucket, key, data = held
+    process = source._child.process
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(signal_after, 0.3, process, signal.SIGSTOP)
+        with trio.move_on_after(seconds):
+            await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+    return process
+
+
 def largest_object(sample) -> tuple[str, str, bytes]:
     (bucket, key), data = max(sample.objects.items(), key=lambda item: len(item[1]))
     return bucket, key, data
+
+
+@pytest.fixture
+def held(sample, proxy):
+    """The largest object, whose GETs through the fault proxy get their headers and then
+    nothing (until the fault is cleared), and the proxy."""
+    bucket, key, data = largest_object(sample)
+    set_fault(proxy, mode="silent", count=-1, match=key.split("/")[1])
+    yield proxy, bucket, key, data
+    set_fault(proxy)
 
 
 def test_reads_come_back_exact_in_blocks_with_the_md5_of_a_whole_object(sample, fast_s3):
@@ -111,38 +134,27 @@ def test_the_endpoints_health_as_the_s3_process_saw_it_reaches_the_mount(sample,
     assert health.state == "ok"
 
 
-def test_a_cancelled_read_is_stopped_in_the_s3_process_and_gives_its_places_back(
-        sample, proxy):
+def test_a_cancelled_read_is_stopped_in_the_s3_process_and_gives_its_places_back(held):
     """The places stay set aside until the S3 process says it stopped (it is held still with
     SIGSTOP to see that), so that nothing it writes lands in a place given to another read."""
-    bucket, key, data = largest_object(sample)
-    set_fault(proxy, mode="silent", count=-1, match=key.split("/")[1])
+    proxy, bucket, key, data = held
 
     async def cancel(source):
-        process = source._child.process
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(signal_after, 0.3, process, signal.SIGSTOP)
-            with trio.move_on_after(0.5):
-                await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+        process = await give_up_reading_from_a_stopped_process(source, held, 0.5)
         await trio.sleep(0.3)
-        held = source.places.in_use
+        in_use = source.places.in_use
         os.kill(process.pid, signal.SIGCONT)
         with trio.fail_after(4):  # within the time a cancel has to be answered
             while source.places.in_use:
                 await trio.sleep(0.01)
-        return held, process.poll()
+        return in_use, process.poll()
 
-    try:
-        held, ended = with_source(proxy, cancel)
-    finally:
-        set_fault(proxy)
-    assert held == -(-len(data) // BLOCK) and ended is None
+    in_use, ended = with_source(proxy, cancel)
+    assert in_use == -(-len(data) // BLOCK) and ended is None
 
 
-def test_when_the_s3_process_dies_reads_in_flight_fail_and_a_later_read_starts_a_new_one(
-        sample, proxy):
-    bucket, key, data = largest_object(sample)
-    set_fault(proxy, mode="silent", count=-1, match=key.split("/")[1])
+def test_when_the_s3_process_dies_reads_in_flight_fail_and_a_later_read_starts_a_new_one(held):
+    proxy, bucket, key, data = held
 
     async def kill_then_read(source):
         first = source._child.process
@@ -159,10 +171,7 @@ def test_when_the_s3_process_dies_reads_in_flight_fail_and_a_later_read_starts_a
         return blocks, source._child.process.pid != first.pid, len(source.places._free)
 
     processes: list[subprocess.Popen] = []
-    try:
-        blocks, new, free = with_source(proxy, kill_then_read, restart_after=2.0)
-    finally:
-        set_fault(proxy)
+    blocks, new, free = with_source(proxy, kill_then_read, restart_after=2.0)
     assert blocks == in_blocks(data, BLOCK) and new
     assert free == 96  # the dead process's places came back
     assert processes[0].poll() == -signal.SIGKILL
@@ -254,41 +263,33 @@ def test_the_shared_memory_goes_back_to_the_system_once_idle_and_reads_go_on(
 
 
 def test_an_s3_process_that_does_not_stop_a_cancelled_read_is_ended_and_replaced(
-        sample, proxy, monkeypatch):
+        held, monkeypatch):
     """A stuck S3 process (here: stopped with SIGSTOP) would keep the places of the reads it
     no longer answers, and the reads after them would wait for places forever."""
-    bucket, key, data = largest_object(sample)
+    proxy, bucket, key, data = held
     monkeypatch.setattr(source_process, "STOP_SECONDS", 0.5)
-    set_fault(proxy, mode="silent", count=1, match=key.split("/")[1])
 
     async def stuck(source):
-        first = source._child.process
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(signal_after, 0.3, first, signal.SIGSTOP)
-            with trio.move_on_after(0.6):
-                await source.get_blocks(bucket, key, 0, len(data), BLOCK)
+        first = await give_up_reading_from_a_stopped_process(source, held, 0.6)
         with trio.fail_after(10):
             while source.places.in_use:
                 await trio.sleep(0.05)
+        set_fault(proxy)
         await trio.sleep(source.restart_after)
         blocks = await source.get_blocks(bucket, key, 0, len(data), BLOCK)
         return first, blocks
 
-    try:
-        first, blocks = with_source(proxy, stuck, restart_after=0.2)
-    finally:
-        set_fault(proxy)
+    first, blocks = with_source(proxy, stuck, restart_after=0.2)
     assert first.poll() == -signal.SIGKILL
     assert blocks == in_blocks(data, BLOCK)
 
 
 def test_an_s3_process_that_does_not_take_a_cancel_is_ended_and_the_reader_let_go(
-        sample, proxy, monkeypatch):
+        held, monkeypatch):
     """The cancel is sent shielded from the reader's own cancellation: if it cannot be sent
     (here another send holds the socket), the reader still gets its answer in seconds."""
-    bucket, key, data = largest_object(sample)
+    proxy, bucket, key, data = held
     monkeypatch.setattr(source_process, "STOP_SECONDS", 0.5)
-    set_fault(proxy, mode="silent", count=1, match=key.split("/")[1])
 
     async def blocked(source):
         first = source._child.process
@@ -308,7 +309,4 @@ def test_an_s3_process_that_does_not_take_a_cancel_is_ended_and_the_reader_let_g
                 await trio.sleep(0.05)
         return first.poll()
 
-    try:
-        assert with_source(proxy, blocked) == -signal.SIGKILL
-    finally:
-        set_fault(proxy)
+    assert with_source(proxy, blocked) == -signal.SIGKILL
