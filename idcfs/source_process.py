@@ -174,6 +174,9 @@ class SourceProcess:
         """The S3 process that answers: the one running, or a new one. Within a few seconds of
         the end of the last one, the reason it ended: a process that cannot start, or ends
         again at once, is not restarted for every request."""
+        child = self._child
+        if child is not None and not child.ended:  # every request: no lock, no checkpoint
+            return child
         async with self._starting:
             if self._child is None or self._child.ended:
                 if time.monotonic() - self._ended_at < self.restart_after:
@@ -217,6 +220,7 @@ class SourceProcess:
     async def _receive(self, child: _Child) -> None:
         """Every answer of one S3 process, to its request; when it ends, fail what it had."""
         buffer = bytearray()
+        unexpected = True  # its end, not the mount's
         try:
             while True:
                 chunk = await child.sock.recv(1 << 18)
@@ -231,7 +235,7 @@ class SourceProcess:
                     del buffer[:end]
                     self._answered(child, *message)
         except trio.Cancelled:  # the mount is ending
-            child.started = False
+            unexpected = False
             raise
         except OSError as exc:
             log.debug("the S3 process's socket failed: %s", exc)
@@ -244,11 +248,12 @@ class SourceProcess:
             self._hedged_before += child.hedged
             child.hedged = 0
             child.sock.close()  # it ends when it sees the socket closed
-            if child.started:
+            unexpected = unexpected and child.started
+            if unexpected:
                 self._note_end("the S3 process ended")
             with trio.CancelScope(shield=True):
                 status = await trio.to_thread.run_sync(_ended, child.process, STOP_SECONDS)
-            if child.started:
+            if unexpected:
                 self.problem = f"the S3 process ended ({status})"
                 log.error("the S3 process ended (%s): reads in flight fail, and the requests "
                           "after them start a new one", status)
