@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools import tool_pids, wait_for_s3_client
+from tools import memory_kib, tool_pids, wait_for_s3_client
 
 IDCFS = [sys.executable, "-m", "idcfs"]
 
@@ -34,13 +34,8 @@ def step(message: str) -> None:
 
 def rss_mb(mountpoint: Path) -> tuple[float, float]:
     """(current RSS, peak RSS) of the mount's daemon and its S3 process added up, in MB."""
-    now = peak = 0.0
-    for pid in tool_pids(f"idcfs mount {mountpoint} "):
-        status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        fields = dict(line.split(":", 1) for line in status)
-        now += int(fields["VmRSS"].split()[0]) / 1024
-        peak += int(fields["VmHWM"].split()[0]) / 1024
-    return now, peak
+    pids = tool_pids(f"idcfs mount {mountpoint} ")
+    return memory_kib(pids, "VmRSS") / 1024, memory_kib(pids, "VmHWM") / 1024
 
 
 def timed(command: list[str]) -> float:

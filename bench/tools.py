@@ -34,19 +34,24 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
-def _peak_rss_mb(pids: list[int]) -> float:
-    """The peak resident sets (VmHWM) of the processes added up, in MB: idcfs's daemon and its
-    S3 process are one tool. (Each process's own peak: an upper bound of their peak together.)"""
-    peak = 0.0
+def memory_kib(pids: list[int], field: str) -> int:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) added up over the processes, in KiB:
+    idcfs's daemon and its S3 process are one tool. (For VmHWM, each process's own peak: an
+    upper bound of their peak together.) A process that has ended counts nothing."""
+    total = 0
     for pid in pids:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except FileNotFoundError:
             continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peak += int(line.split()[1]) * 1024 / 1e6
-    return peak
+        total += sum(int(line.split()[1]) for line in status.splitlines()
+                     if line.startswith(f"{field}:"))
+    return total
+
+
+def _peak_rss_mb(pids: list[int]) -> float:
+    """The peak resident sets (VmHWM) of the processes added up, in MB."""
+    return memory_kib(pids, "VmHWM") * 1024 / 1e6
 
 
 def tool_pids(pattern: str) -> list[int]:
