@@ -121,9 +121,11 @@ class SourceProcess:
     """Listings and ranged reads of immutable objects, by the mount's S3 process."""
 
     def __init__(self, settings: dict, health: Health, block_size: int,
-                 memory_size: int = 96 << 20, restart_after: float = RESTART_AFTER) -> None:
+                 memory_size: int = 48 << 20, restart_after: float = RESTART_AFTER) -> None:
         """settings: endpoint_url, max_connections, ca_bundle and log_level for the process;
-        memory_size: the memory shared for blocks in flight (at least 16 blocks)."""
+        memory_size: the memory shared for blocks in flight (at least 16 blocks): the
+        prefetcher's bound on what it has in flight (prefetch/policy.py) and room beside it for
+        reads on demand. Every page ever written stays resident while reads go on."""
         self.restart_after = restart_after
         self.health = health
         self.block_size = block_size

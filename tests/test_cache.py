@@ -15,6 +15,7 @@ import trio
 from conftest import BS, CountingSource, in_blocks, slow_disk
 from idcfs.data_cache import BlockCache, DiskBlocks, clear
 from idcfs.data_cache.blockfile import blocks_in_pack, pack_size, slot
+from idcfs.data_cache.direct import BUFFERS
 from idcfs.errors import SourceError
 from idcfs.objects import ObjectRef
 
@@ -317,6 +318,46 @@ def _refusing_o_direct(call):
             raise OSError(errno.EINVAL, "Invalid argument")
         return call(fd, *args)
     return refusing
+
+
+def test_disk_reads_from_many_threads_share_a_few_buffers_and_read_back_exactly(tmp_path):
+    """Each disk read or write holds a pack-sized buffer; however many threads read, only
+    BUFFERS are in use at once, and every buffer ever made stays resident."""
+    disk = DiskBlocks(tmp_path, 1 << 30, block_size=BS)
+    disk.scan()
+    blocks = {ObjectRef("idc-open-data", f"k{i}", BS): os.urandom(BS) for i in range(12)}
+    for obj, data in blocks.items():
+        disk.put(obj, 0, data)
+    reading, most, lock, buffers = 0, 0, threading.Lock(), []
+    pread = disk.io.pread
+
+    def counting(fd, view, offset):
+        nonlocal reading, most
+        with lock:
+            reading += 1
+            most = max(most, reading)
+            buffers.append(view.obj)
+        time.sleep(0.005)
+        try:
+            return pread(fd, view, offset)
+        finally:
+            with lock:
+                reading -= 1
+
+    disk.io.pread = counting
+    found = {}
+
+    def read(obj):
+        found[obj] = [disk.get(obj, 0, BS) for _ in range(3)]
+
+    threads = [threading.Thread(target=read, args=(obj,)) for obj in blocks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert found == {obj: [data] * 3 for obj, data in blocks.items()}
+    assert most == BUFFERS
+    assert len({id(buf) for buf in buffers}) == BUFFERS
 
 
 def test_a_filesystem_that_opens_with_o_direct_but_refuses_its_reads_falls_back(tmp_path,

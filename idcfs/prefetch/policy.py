@@ -22,7 +22,7 @@ class Policy:
     stream_min: int = 2 << 20  # reads are a stream once they have covered this much
     series_first_ahead: int = 2  # files fetched ahead when the first file of a series opens
     series_ahead_bytes: int = 48 << 20  # then this much ahead of the reader
-    in_flight_bytes: int = 64 << 20  # background fetches in flight, per mount
+    in_flight_bytes: int = 32 << 20  # background fetches in flight, per mount (source_process.py)
     tiled: bool = False  # a slide's: files with an offset table are read past the page cache
 
     def for_modality(self, modality: str) -> Policy:
