@@ -251,8 +251,8 @@ class SourceProcess:
             child.hedged = 0
             child.sock.close()  # it ends when it sees the socket closed
             unexpected = unexpected and child.started
-            if unexpected:
-                self._note_end("the S3 process ended")
+            if unexpected:  # its exit status, if it has one already (it has, when it was killed)
+                self._note_end(f"the S3 process ended ({_status(child.process.poll())})")
             with trio.CancelScope(shield=True):
                 status = await trio.to_thread.run_sync(_ended, child.process, STOP_SECONDS)
             if unexpected:
@@ -380,6 +380,12 @@ def _ended(process: subprocess.Popen, seconds: float) -> str:
     except subprocess.TimeoutExpired:
         process.kill()
         code = process.wait()
+    return _status(code)
+
+
+def _status(code: int | None) -> str:
+    if code is None:
+        return "its exit status not known yet"
     return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 

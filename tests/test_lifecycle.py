@@ -226,7 +226,8 @@ def test_a_killed_s3_process_costs_the_reads_of_that_moment_and_the_mount_serves
         os.kill(first, signal.SIGKILL)
         stats = mnt / ".idcfs" / "stats"
         assert wait_for(lambda: json.loads(stats.read_text())["s3_client"] == "failed", 5)
-        assert "killed by signal 9" in json.loads(stats.read_text())["s3_client_problem"]
+        assert wait_for(lambda: "killed by signal 9"
+                        in json.loads(stats.read_text())["s3_client_problem"], 5)
         assert files[0][0].read_bytes() == files[0][1]  # from the cache
         with pytest.raises(OSError) as failed:
             files[1][0].read_bytes()
