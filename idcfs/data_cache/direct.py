@@ -32,7 +32,8 @@ class BufferPool:
 
     A fixed few, not one per thread or per read: readers run in whichever of up to 40 worker
     threads is free, and every buffer ever made stays resident (8 MiB each). Two, with the
-    threads waiting for them, re-read 1 GiB from the disk cache as fast as eight did.
+    threads waiting for them, re-read 1 GiB from the disk cache as fast as eight did. The
+    mount's one disk writer (writeback.py) holds at most one, so reads always have the other.
     """
 
     def __init__(self, stride: int, count: int = BUFFERS) -> None:
