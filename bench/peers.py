@@ -14,7 +14,8 @@ bandwidth shared by all connections). Profiles:
 Peers: s5cmd (the downloader idc-index uses), s3fs-fuse and rclone mount (filesystems, with their
 defaults), and plain aiobotocore (the ceiling for Python). Each row gives wall time, the CPU
 seconds of the tool's own processes (the daemon of a mount and its helpers, the client of a
-download), the peak RSS of a mount's processes added up, the requests and the bytes the
+download), the peak RSS of a mount's processes (together at the largest of samples every 10 ms,
+and each one's peak added up), the requests and the bytes the
 endpoint was asked for (from its log), and the ratios against s5cmd.
 Cold runs start from a fresh mount with an empty cache; idcfs and s5cmd are repeated (medians,
 with the range), the slower peers are run once.
@@ -109,18 +110,20 @@ class Bench:
                served: dict, nbytes: int = 0, note: str = "") -> None:
         if not runs:  # the tool failed at it (said when it did)
             Mount.peaks.pop(tool, None)
+            Mount.at_once.pop(tool, None)
             self.results.append({"profile": profile, "workload": workload, "tool": tool,
                                  "seconds": None, "runs": [], "cpu": None, "MB/s": None, "rss": None,
-                                 "requests": 0, "MB_asked": 0, "note": "failed"})
+                                 "rss_at_once": None, "requests": 0, "MB_asked": 0,
+                                 "note": "failed"})
             return
         walls = sorted(w for w, _ in runs)
         cpus = sorted(c for _, c in runs)
-        rss = Mount.peaks.pop(tool, None)
+        rss, at_once = Mount.peaks.pop(tool, None), Mount.at_once.pop(tool, None)
         wall, cpu = statistics.median(walls), statistics.median(cpus)
         self.results.append({
             "profile": profile, "workload": workload, "tool": tool, "seconds": round(wall, 3),
             "runs": [round(w, 3) for w in walls], "cpu": round(cpu, 2),
-            "rss": round(rss) if rss else None,
+            "rss": round(rss) if rss else None, "rss_at_once": round(at_once) if at_once else None,
             "MB/s": round(nbytes / wall / 1e6, 1) if nbytes else None,
             "requests": sum(served.get(k, 0) for k in ("GET", "HEAD", "LIST")),
             "MB_asked": round(served.get("GET_bytes", 0) / 1e6, 1), "note": note})
@@ -461,7 +464,8 @@ def table(results: list[dict]) -> str:
     lines = []
     for profile in dict.fromkeys(r["profile"] for r in results):
         lines += [f"\n### {profile}: {describe(profile)}\n",
-                  "| workload | tool | seconds (range) | CPU s | MB/s | peak RSS MB | requests | "
+                  "| workload | tool | seconds (range) | CPU s | MB/s | peak RSS MB, at once "
+                  "(peaks added up) | requests | "
                   "MB asked | speed vs s5cmd | CPU vs s5cmd | note |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         rows = [r for r in results if r["profile"] == profile]
@@ -475,10 +479,18 @@ def table(results: list[dict]) -> str:
             cpu = f"{r['cpu'] / ref['cpu']:.2f}x" if ref and r is not ref and ref["cpu"] else ""
             spread = f" ({r['runs'][0]:.2f}-{r['runs'][-1]:.2f})" if len(r["runs"]) > 1 else ""
             lines.append(f"| {r['workload']} | {r['tool']} | {r['seconds']:.2f}{spread} | "
-                         f"{r['cpu']:.2f} | {r['MB/s'] or ''} | {r['rss'] or ''} | {r['requests']} | "
+                         f"{r['cpu']:.2f} | {r['MB/s'] or ''} | {_rss(r)} | {r['requests']} | "
                          f"{r['MB_asked']} "
                          f"| {speed} | {cpu} | {r['note']} |")
     return "\n".join(lines)
+
+
+def _rss(row: dict) -> str:
+    """A mount's peak RSS: its processes' RSS together at the largest sample, and the peak of
+    each added up; nothing for a download's process."""
+    if not row["rss"]:
+        return ""
+    return f"{row['rss_at_once']} ({row['rss']})" if row["rss_at_once"] else str(row["rss"])
 
 
 def describe(profile: str) -> str:

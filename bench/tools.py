@@ -11,6 +11,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ BIN = Path(sys.executable).parent
 BUCKET = "idc-open-data"
 TICK = os.sysconf("SC_CLK_TCK")
 MOUNTS = ("idcfs", "s3fs", "rclone")
+SAMPLE_SECONDS = 0.01  # how often a mount's resident set is sampled
 
 
 def _cpu(pids: list[int]) -> float:
@@ -77,10 +79,13 @@ def tool_pids(pattern: str) -> list[int]:
 
 
 class Mount:
-    """A fresh mount of one tool, with its own empty cache, unmounted on exit. `peaks` holds the
-    largest daemon peak RSS (MB) seen per tool since the caller last took it."""
+    """A fresh mount of one tool, with its own empty cache, unmounted on exit. Per tool, since the
+    caller last took them: `peaks` holds the largest peak RSS (MB) of its processes added up
+    (each process's own peak: an upper bound), `at_once` the largest RSS of its processes
+    together sampled every SAMPLE_SECONDS (a lower bound: a peak between samples is missed)."""
 
     peaks: dict[str, float] = {}
+    at_once: dict[str, float] = {}
 
     def __init__(self, tool: str, endpoint: str, ca: Path, work: Path, env: dict,
                  scratch: Scratch, extra: tuple[str, ...] = (),
@@ -114,6 +119,16 @@ class Mount:
             # A cold run starts once the S3 client is made, as every run did when it was made
             # before "ready": its cost is a mount's, and bench/mount.py reports it.
             wait_for_s3_client(self.mnt, deadline)
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, args=(tool_pids(self.pattern),),
+                                         daemon=True)
+        self._sampler.start()
+
+    def _sample(self, pids: list[int]) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            mb = memory_kib(pids, "VmRSS") * 1024 / 1e6
+            if mb > Mount.at_once.get(self.tool, 0.0):
+                Mount.at_once[self.tool] = mb
 
     def path(self, idcfs_path: str, key: str) -> Path:
         """A file or folder: the idcfs path, or the object key in the bucket's own layout."""
@@ -129,6 +144,8 @@ class Mount:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._sampler.join()
         subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True)
         deadline = time.monotonic() + 15
         while tool_pids(self.pattern) and time.monotonic() < deadline:
