@@ -30,7 +30,7 @@ from .listings import Listings
 from .namespace import Namespace
 from .namespace.about import AboutNodes
 from .namespace.tree_nodes import TreeNodes
-from .prefetch import Reader
+from .prefetch import Policy, Reader
 from .index.selection import BadSelection
 from .errors import SourceError
 from .s3.check import check, timed_out
@@ -202,7 +202,8 @@ class _Mount:
         self.listings = Listings(self._list, cfg.cache_dir)
         self.disk = DiskBlocks(cfg.cache_dir, cfg.cache_size)
         self.cache = BlockCache(self._get_blocks, self.disk, cfg.memory_cache_size)
-        self.reader = Reader(self.cache, concurrency=max(4, cfg.max_connections // 2))
+        self.reader = Reader(self.cache, concurrency=max(4, cfg.max_connections // 2),
+                             policy=Policy().within_memory(cfg.memory_cache_size))
         nodes = TreeNodes(tree, self.listings, self.reader, cfg.request_timeout, FailureLog())
         self.ops = Operations(Namespace(nodes, AboutNodes(tree.files.meta, _options(cfg, tree),
                                                           self.stats)),

@@ -18,10 +18,10 @@ SMALL = Policy(whole_object_limit=4 * BS, readahead_start=BS, readahead_cap=16 *
                series_ahead_bytes=50 * BS)
 
 
-def run_with_reader(source, body, memory=1 << 22):
+def run_with_reader(source, body, memory=1 << 22, policy=SMALL):
     async def main():
         cache = BlockCache(source, None, memory, block_size=BS)
-        reader = Reader(cache, concurrency=8, policy=SMALL)
+        reader = Reader(cache, concurrency=8, policy=policy)
         async with trio.open_nursery() as nursery:
             reader.start(nursery)
             result = await body(reader)
@@ -84,6 +84,26 @@ def read_sequentially_with_disk(tmp_path, source, drain: bool, pacing: Pacing = 
         return cache, data
 
     return (*trio.run(main), disk)
+
+
+def test_a_small_memory_cache_narrows_readahead_so_no_block_is_fetched_twice():
+    """Up to one and a half windows wait ahead of a sequential reader: a memory cache that
+    cannot hold them would drop blocks before the reader gets to them, and fetch them again."""
+    source = CountingSource({"big": 96 * BS})
+    memory = 12 * BS
+
+    async def body(reader):
+        stream = reader.stream(source.ref("big"))
+        out = []
+        for off in range(0, 96 * BS, BS):
+            out.append(await reader.read(stream, off, BS))
+            await trio.sleep(0.001)  # the reader is slower than the fetches ahead of it
+        return b"".join(out)
+
+    policy = SMALL.within_memory(memory)
+    assert policy.readahead_cap == 8 * BS
+    assert run_with_reader(source, body, memory, policy) == source.data["big"]
+    assert sum(length for _, _, length in source.gets) == 96 * BS
 
 
 def test_readahead_waits_for_a_slow_disk_so_every_block_is_cached(tmp_path, monkeypatch):

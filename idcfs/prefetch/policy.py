@@ -25,6 +25,15 @@ class Policy:
     in_flight_bytes: int = 32 << 20  # background fetches in flight, per mount (source_process.py)
     tiled: bool = False  # a slide's: files with an offset table are read past the page cache
 
+    def within_memory(self, memory_bytes: int) -> Policy:
+        """The policy with a readahead window that a memory cache of memory_bytes can hold: a
+        stream asks for its next window once its reader is half a window from the end of what
+        is coming, so up to one and a half windows wait ahead of it, and blocks that leave the
+        cache before the reader gets to them are read again (a 1 GiB re-read from the disk
+        cache took 1.66 s instead of 1.06 s with a 64 MiB cache and a 64 MiB window)."""
+        return replace(self, readahead_cap=max(self.readahead_start,
+                                               min(self.readahead_cap, memory_bytes * 2 // 3)))
+
     def for_modality(self, modality: str) -> Policy:
         """The policy for a series of this modality: a slide's files are read by the block
         (a header, a tail, the tiles of a region), never whole, and no file is fetched because
