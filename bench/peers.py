@@ -14,9 +14,9 @@ bandwidth shared by all connections). Profiles:
 Peers: s5cmd (the downloader idc-index uses), s3fs-fuse and rclone mount (filesystems, with their
 defaults), and plain aiobotocore (the ceiling for Python). Each row gives wall time, the CPU
 seconds of the tool's own processes (the daemon of a mount and its helpers, the client of a
-download), the peak RSS of a mount's processes (together at the largest of samples every 10 ms,
-and each one's peak added up), the requests and the bytes the
-endpoint was asked for (from its log), and the ratios against s5cmd.
+download), the peak RSS of a mount's processes (together, at the largest of samples every
+10 ms; and each one's own peak, added up), the requests and the bytes the endpoint was asked
+for (from its log), and the ratios against s5cmd.
 Cold runs start from a fresh mount with an empty cache; idcfs and s5cmd are repeated (medians,
 with the range), the slower peers are run once.
 
