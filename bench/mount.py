@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools import memory_kib, tool_pids, wait_for_s3_client
+from tools import memory_mb, tool_pids, wait_for_s3_client
 
 IDCFS = [sys.executable, "-m", "idcfs"]
 
@@ -35,7 +35,7 @@ def step(message: str) -> None:
 def rss_mb(mountpoint: Path) -> tuple[float, float]:
     """(current RSS, peak RSS) of the mount's daemon and its S3 process added up, in MB."""
     pids = tool_pids(f"idcfs mount {mountpoint} ")
-    return memory_kib(pids, "VmRSS") / 1024, memory_kib(pids, "VmHWM") / 1024
+    return memory_mb(pids, "VmRSS"), memory_mb(pids, "VmHWM")
 
 
 def timed(command: list[str]) -> float:

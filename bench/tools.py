@@ -36,24 +36,19 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
-def memory_kib(pids: list[int], field: str) -> int:
-    """A memory field of /proc/PID/status (VmRSS, VmHWM) added up over the processes, in KiB:
+def memory_mb(pids: list[int], field: str) -> float:
+    """A memory field of /proc/PID/status (VmRSS, VmHWM) added up over the processes, in MB:
     idcfs's daemon and its S3 process are one tool. (For VmHWM, each process's own peak: an
     upper bound of their peak together.) A process that has ended counts nothing."""
-    total = 0
+    kib = 0
     for pid in pids:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except FileNotFoundError:
             continue
-        total += sum(int(line.split()[1]) for line in status.splitlines()
-                     if line.startswith(f"{field}:"))
-    return total
-
-
-def _peak_rss_mb(pids: list[int]) -> float:
-    """The peak resident sets (VmHWM) of the processes added up, in MB."""
-    return memory_kib(pids, "VmHWM") * 1024 / 1e6
+        kib += sum(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith(f"{field}:"))
+    return kib * 1024 / 1e6
 
 
 def tool_pids(pattern: str) -> list[int]:
@@ -126,7 +121,7 @@ class Mount:
 
     def _sample(self, pids: list[int]) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
-            mb = memory_kib(pids, "VmRSS") * 1024 / 1e6
+            mb = memory_mb(pids, "VmRSS")
             if mb > Mount.at_once.get(self.tool, 0.0):
                 Mount.at_once[self.tool] = mb
 
@@ -137,7 +132,7 @@ class Mount:
     def cpu(self) -> float:
         """The CPU seconds of the daemon so far (and its peak RSS, kept in `peaks`)."""
         pids = tool_pids(self.pattern)
-        Mount.peaks[self.tool] = max(Mount.peaks.get(self.tool, 0.0), _peak_rss_mb(pids))
+        Mount.peaks[self.tool] = max(Mount.peaks.get(self.tool, 0.0), memory_mb(pids, "VmHWM"))
         return _cpu(pids)
 
     def __enter__(self) -> Mount:
