@@ -2,7 +2,7 @@
 
 Both ends are idcfs's own processes on a socket pair made for them and never exposed, so pickle
 is safe here. Messages are small tuples (a request, an answer's block sizes and MD5, a listing);
-the bytes of the blocks themselves go through shared memory (s3/serve.py, fetch_process.py).
+the bytes of the blocks themselves go through shared memory (s3/serve.py, source_process.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import struct
 
 HEADER = struct.Struct("<I")
 
-# Requests: (id, GET, bucket, key, start, length, block_size, slots), (id, LIST, bucket, prefix,
+# Requests: (id, GET, bucket, key, start, length, block_size, places), (id, LIST, bucket, prefix,
 # expected), (id, CANCEL). Answers: (id, OK, value, status), (id, FAILED, message, status), where
 # status is the source's (health as a dict, requests hedged so far); and once, at start,
 # (0, READY, None, status) or (0, FAILED, message, None).
